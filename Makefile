@@ -1,0 +1,45 @@
+# Two entry points, both self-installing on a fresh Debian machine (as root):
+#   make demo   -- differentiate through the solvers and print checks
+#   make test   -- install everything and run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kktbridge-installed
+SYSSTAMP := $(VENV)/.kktbridge-sysdeps
+
+.PHONY: demo test bench sysdeps install clean
+
+# System libraries cyipopt builds against. Skipped when already present so re-runs are fast.
+$(SYSSTAMP):
+	@if ! pkg-config --exists ipopt 2>/dev/null; then \
+	  echo "installing system packages for cyipopt"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    coinor-libipopt-dev liblapack-dev libblas-dev pkg-config; \
+	fi
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@touch $@
+
+# Reinstall only when the package metadata changes (editable install: code changes need nothing).
+$(STAMP): pyproject.toml $(SYSSTAMP)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]'
+	@# torch is optional: install the CPU wheel only when a local one is available (no multi-GB download).
+	@$(PY) -m pip install -q --no-index torch==2.13.0 2>/dev/null \
+	  || echo "note: no local torch wheel; torch tests will be skipped"
+	@touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m kktbridge demo
+
+bench: $(STAMP)
+	$(PY) -m kktbridge bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

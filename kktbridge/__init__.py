@@ -1,0 +1,1 @@
+from kktbridge.core._implicit import custom_fixed_point, custom_root, root_jvp, root_vjp, implicit_solution

@@ -1,0 +1,1 @@
+"""Pure-JAX core: implicit differentiation, linear solvers, optimality conditions, projections."""

@@ -1,0 +1,278 @@
+r"""Implicit differentiation of roots and fixed points, in forward and reverse mode.
+
+Let ``z*(θ)`` satisfy ``F(z*(θ), θ) = 0``. Differentiating that identity gives
+
+.. math::  A\, \partial z^\star = B, \qquad A = -\partial_1 F(z^\star, θ), \quad B = \partial_2 F(z^\star, θ).
+
+* JVP:  ``ż = A^{-1} (B θ̇)`` -- one linear solve with ``A``.
+* VJP:  ``u = A^{-T} v``, then ``θ̄ = B^T u`` -- one linear solve with ``A^T``.
+
+Design. The solver's output is passed through an *implicit identity*: a :func:`jax.custom_jvp`
+function that returns the solution unchanged and whose JVP rule is the solve above, written with
+:func:`jax.lax.custom_linear_solve`. Because that rule is linear in the tangents and made only of
+transposable JAX operations, JAX derives reverse mode (``grad``, ``jacrev``, VJP) by transposition;
+because the rule is ordinary differentiable JAX code that re-enters the implicit identity for the
+solution it linearises at, higher-order derivatives (``hessian``, ``jacfwd(jacrev(.))``) are
+implicit too and exact. The solver itself only ever sees ``stop_gradient``-ed inputs: it is a
+black box (it may be a host callback) and is never differentiated.
+
+Closures: ``F`` may capture traced values (for instance the data of an outer ``jit`` or ``grad``);
+they are hoisted into explicit arguments with :func:`jax.closure_convert`, so derivatives with
+respect to them are implicit derivatives too.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kktbridge.core._linear_solve import LinearSolver, resolve_solver
+
+PyTree = Any
+
+__all__ = ["custom_root", "custom_fixed_point", "root_jvp", "root_vjp", "implicit_solution"]
+
+
+def _tree_neg(t: PyTree) -> PyTree:
+    return jax.tree_util.tree_map(jnp.negative, t)
+
+
+def _is_dynamic(leaf: Any) -> bool:
+    """Leaves JAX can trace and differentiate; everything else (callables, strings) stays static."""
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, int, complex)) and not isinstance(leaf, bool)
+
+
+def _partition(tree: PyTree) -> tuple[list, list, Any]:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    dynamic = [leaf if _is_dynamic(leaf) else None for leaf in leaves]
+    static = [None if _is_dynamic(leaf) else leaf for leaf in leaves]
+    return dynamic, static, treedef
+
+
+def _combine(dynamic: list, static: list, treedef: Any) -> PyTree:
+    leaves = [d if s is None else s for d, s in zip(dynamic, static)]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _linear_solve(matvec: Callable, b: PyTree, solve: LinearSolver) -> PyTree:
+    """``A^{-1} b`` as a transposable, differentiable JAX primitive."""
+    return jax.lax.custom_linear_solve(
+        matvec,
+        b,
+        solve=lambda mv, rhs: solve(mv, rhs),
+        transpose_solve=lambda vm, rhs: solve(vm, rhs),
+    )
+
+
+def _root_tangent(F: Callable, sol: PyTree, args: tuple, args_dot: tuple, solve: LinearSolver) -> PyTree:
+    """Tangent of the root: solve ``(∂₁F) ż = -(∂₂F) θ̇``."""
+    _, rhs = jax.jvp(lambda *a: F(sol, *a), tuple(args), tuple(args_dot))
+    _, matvec = jax.linearize(lambda s: F(s, *args), sol)
+    return _linear_solve(matvec, _tree_neg(rhs), solve)
+
+
+def implicit_solution(
+    optimality_fun: Callable[..., PyTree],
+    sol: PyTree,
+    args: tuple,
+    solve: "LinearSolver | str | None" = None,
+) -> PyTree:
+    """Return ``sol`` unchanged, but differentiable w.r.t. ``args`` through ``optimality_fun``.
+
+    This is the building block under :func:`custom_root` and all bridges: ``sol`` must (approximately)
+    satisfy ``optimality_fun(sol, *args) == 0``; its derivatives with respect to ``args`` (and to
+    any traced value ``optimality_fun`` closes over) are those of the implicit function theorem.
+    Any derivative information already carried by ``sol`` is discarded.
+
+    Args:
+      optimality_fun: ``F(sol, *args) -> residual`` with residual of the same structure as ``sol``.
+      sol: a root of ``F`` (pytree).
+      args: tuple of arguments of ``F`` after ``sol`` (pytrees; non-array leaves are static).
+      solve: linear solver (callable ``solve(matvec, b)`` or a name); default :func:`solve_auto`.
+    """
+    solve = resolve_solver(solve)
+    if not isinstance(args, tuple):
+        args = (args,)
+    dynamic, static, treedef = _partition(args)
+    sol = jax.lax.stop_gradient(sol)
+    # Indices of dynamic leaves; only those cross the custom_jvp boundary.
+    dyn_idx = [i for i, d in enumerate(dynamic) if d is not None]
+    dyn_leaves = [dynamic[i] for i in dyn_idx]
+
+    def F_dyn(s, leaves):
+        full = list(dynamic)
+        for i, leaf in zip(dyn_idx, leaves):
+            full[i] = leaf
+        return optimality_fun(s, *_combine(full, static, treedef))
+
+    F_conv, consts = jax.closure_convert(F_dyn, sol, dyn_leaves)
+
+    def F_flat(s, leaves, consts):
+        return F_conv(s, leaves, *consts)
+
+    @jax.custom_jvp
+    def ident(s, leaves, consts):
+        return s
+
+    @ident.defjvp
+    def ident_jvp(primals, tangents):
+        s, leaves, consts = primals
+        _, leaves_dot, consts_dot = tangents
+        # Re-enter the identity so that, when this rule is itself differentiated (second order),
+        # the solution it linearises at carries implicit derivatives as well.
+        s = ident(s, leaves, consts)
+        return s, _root_tangent(F_flat, s, (leaves, consts), (leaves_dot, consts_dot), solve)
+
+    return ident(sol, dyn_leaves, consts)
+
+
+def _as_tuple(x: Any) -> tuple:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def root_jvp(
+    optimality_fun: Callable[..., PyTree],
+    sol: PyTree,
+    args: Any,
+    tangents: Any,
+    solve: "LinearSolver | str | None" = None,
+) -> PyTree:
+    """Jacobian-vector product of a root: ``∂z*(θ) θ̇`` with ``F(z*(θ), θ) = 0``.
+
+    Args:
+      optimality_fun: ``F(sol, *args)``.
+      sol: the root.
+      args: tuple of arguments of ``F`` (a single non-tuple value is treated as a 1-tuple).
+      tangents: tuple of tangents, one per element of ``args`` (same convention).
+      solve: linear solver; default :func:`solve_auto`.
+
+    Returns:
+      The tangent of ``sol`` (same pytree structure as ``sol``).
+    """
+    args, tangents = _as_tuple(args), _as_tuple(tangents)
+    if len(args) != len(tangents):
+        raise ValueError(f"tangents: expected {len(args)} tangents (one per element of args), got {len(tangents)}")
+    tangents = tuple(
+        jax.tree_util.tree_map(lambda a, t: jnp.asarray(t, dtype=jnp.result_type(a)), a, t) for a, t in zip(args, tangents)
+    )
+    return _root_tangent(optimality_fun, sol, args, tangents, resolve_solver(solve))
+
+
+def root_vjp(
+    optimality_fun: Callable[..., PyTree],
+    sol: PyTree,
+    args: Any,
+    cotangent: PyTree,
+    solve: "LinearSolver | str | None" = None,
+) -> tuple:
+    """Vector-Jacobian product of a root: ``vᵀ ∂z*(θ)`` for every argument in ``args``.
+
+    Solves ``(∂₁F)ᵀ u = v`` and returns ``-(∂₂F)ᵀ u``.
+
+    Args:
+      optimality_fun: ``F(sol, *args)``.
+      sol: the root.
+      args: tuple of arguments of ``F`` (a single non-tuple value is treated as a 1-tuple).
+      cotangent: ``v``, same structure as ``sol``.
+      solve: linear solver; default :func:`solve_auto`.
+
+    Returns:
+      Tuple of cotangents, one per element of ``args``.
+    """
+    args = _as_tuple(args)
+    solve = resolve_solver(solve)
+    _, vjp_sol = jax.vjp(lambda s: optimality_fun(s, *args), sol)
+    # u = A^{-T} v with the transpose taken by custom_linear_solve (differentiable).
+    u = jax.lax.custom_linear_solve(
+        lambda w: vjp_sol(w)[0],
+        cotangent,
+        solve=lambda mv, rhs: solve(mv, rhs),
+        transpose_solve=lambda vm, rhs: solve(vm, rhs),
+    )
+    _, vjp_args = jax.vjp(lambda *a: optimality_fun(sol, *a), *args)
+    return vjp_args(_tree_neg(u))
+
+
+def _bind(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Map the solver's ``(*args, **kwargs)`` onto the optimality function's parameters."""
+    try:
+        bound = signature.bind(None, *args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"arguments do not match the optimality function's signature {signature}: {e}") from None
+    return tuple(bound.args[1:]), dict(bound.kwargs)
+
+
+def custom_root(
+    optimality_fun: Callable[..., PyTree],
+    has_aux: bool = False,
+    solve: "LinearSolver | str | None" = None,
+    reference_signature: Optional[Callable] = None,
+) -> Callable[[Callable], Callable]:
+    """Decorator adding implicit differentiation to a root solver (JAXopt-compatible).
+
+    ``solver(init_params, *args, **kwargs)`` must return ``sol`` (or ``(sol, aux)`` if ``has_aux``)
+    with ``optimality_fun(sol, *args, **kwargs) ≈ 0``. The decorated solver is differentiable with
+    respect to ``args`` and ``kwargs`` in forward and reverse mode, to any order, under ``jit`` and
+    ``vmap``; ``init_params`` gets zero derivative and ``aux`` is not differentiated.
+
+    Args:
+      optimality_fun: ``F(sol, *args, **kwargs)``, residual with the structure of ``sol``.
+      has_aux: whether the solver returns ``(sol, aux)``.
+      solve: linear solver for the IFT system (callable ``solve(matvec, b)`` or a name such as
+        ``"lu"``, ``"cg"``); default :func:`~kktbridge.linear_solve.solve_auto`.
+      reference_signature: function whose signature is used to bind keyword arguments; defaults to
+        ``optimality_fun``'s.
+
+    Example::
+
+        @custom_root(lambda w, lam: jax.grad(f)(w, lam))
+        def ridge_solver(init, lam):
+            ...
+    """
+    signature = inspect.signature(reference_signature if reference_signature is not None else optimality_fun)
+
+    def decorator(solver: Callable) -> Callable:
+        def wrapped(init_params, *args, **kwargs):
+            stopped = jax.lax.stop_gradient
+            args_s = jax.tree_util.tree_map(lambda x: stopped(x) if _is_dynamic(x) else x, (args, kwargs))
+            out = solver(stopped(init_params), *args_s[0], **args_s[1])
+            sol, aux = out if has_aux else (out, None)
+            pos, kw = _bind(signature, args, kwargs)
+            sol = implicit_solution(lambda s, p, k: optimality_fun(s, *p, **k), sol, (pos, kw), solve)
+            return (sol, aux) if has_aux else sol
+
+        wrapped.__wrapped__ = solver
+        wrapped.__doc__ = solver.__doc__
+        wrapped.__name__ = getattr(solver, "__name__", "wrapped")
+        return wrapped
+
+    return decorator
+
+
+def custom_fixed_point(
+    fixed_point_fun: Callable[..., PyTree],
+    has_aux: bool = False,
+    solve: "LinearSolver | str | None" = None,
+    reference_signature: Optional[Callable] = None,
+) -> Callable[[Callable], Callable]:
+    """Decorator adding implicit differentiation to a fixed-point solver (JAXopt-compatible).
+
+    The solution satisfies ``x = T(x, *args)``; this is :func:`custom_root` with
+    ``F(x, *args) = T(x, *args) - x``.
+
+    Args:
+      fixed_point_fun: ``T(x, *args, **kwargs)``.
+      has_aux: whether the solver returns ``(sol, aux)``.
+      solve: linear solver; default :func:`~kktbridge.linear_solve.solve_auto`.
+      reference_signature: function whose signature binds keyword arguments (default ``T``'s).
+    """
+
+    def optimality_fun(x, *args, **kwargs):
+        return jax.tree_util.tree_map(jnp.subtract, fixed_point_fun(x, *args, **kwargs), x)
+
+    ref = reference_signature if reference_signature is not None else fixed_point_fun
+    return custom_root(optimality_fun, has_aux=has_aux, solve=solve, reference_signature=ref)
