@@ -1,0 +1,63 @@
+"""Solver adapters: host-side wrappers of external solvers, looked up by name.
+
+Adding a solver = one module defining an :class:`~kktbridge.adapters._base.Adapter` subclass plus
+one line in ``_REGISTRY``. Modules are imported lazily, so a missing optional solver only matters
+when it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+from kktbridge.adapters._base import Adapter, HostSolution, call_adapter
+
+# name -> (module, class). One line per solver.
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "ipopt": ("kktbridge.adapters.ipopt", "IpoptAdapter"),
+    "osqp": ("kktbridge.adapters.osqp", "OSQPAdapter"),
+    "scs": ("kktbridge.adapters.scs", "SCSAdapter"),
+}
+
+_INSTANCES: dict[str, Adapter] = {}
+
+
+def available_solvers(kind: Optional[str] = None) -> list[str]:
+    """Names of registered adapters whose solver library imports, optionally of one problem kind."""
+    names = []
+    for name in _REGISTRY:
+        try:
+            adapter = get_adapter(name)
+        except (ImportError, ValueError):
+            continue
+        if kind is None or adapter.kind == kind:
+            names.append(name)
+    return names
+
+
+def get_adapter(name: str, kind: Optional[str] = None) -> Adapter:
+    """Return the (cached) adapter instance called ``name``.
+
+    Raises:
+      ValueError: unknown name, or an adapter of another problem kind than ``kind``.
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"solver: unknown solver {name!r}; expected one of {sorted(_REGISTRY)}")
+    if name not in _INSTANCES:
+        module, cls = _REGISTRY[name]
+        _INSTANCES[name] = getattr(importlib.import_module(module), cls)()
+    adapter = _INSTANCES[name]
+    if kind is not None and adapter.kind != kind:
+        valid = sorted(n for n, (m, c) in _REGISTRY.items() if _kind_of(n) == kind)
+        raise ValueError(f"solver: {name!r} solves {adapter.kind} problems, not {kind}; use one of {valid}")
+    return adapter
+
+
+def _kind_of(name: str) -> Optional[str]:
+    try:
+        return get_adapter(name).kind
+    except Exception:
+        return None
+
+
+__all__ = ["Adapter", "HostSolution", "call_adapter", "get_adapter", "available_solvers"]

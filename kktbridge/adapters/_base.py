@@ -1,0 +1,169 @@
+"""The adapter extension point and the host-callback machinery every adapter shares.
+
+An adapter is host code: it receives NumPy arrays, calls an external solver, maps the solver's
+status onto :class:`~kktbridge.core._status.Status` and returns NumPy arrays. It never sees JAX
+tracers and does no autodiff. :func:`call_adapter` is the single bridge between JAX and an adapter:
+one :func:`jax.pure_callback` with ``vmap_method="expand_dims"``, so that under ``vmap`` (nested or
+not) the whole batch reaches the host in one call, where :meth:`Adapter.solve_batch` may solve the
+instances on a thread pool and reuse setups across them.
+"""
+
+from __future__ import annotations
+
+import abc
+import concurrent.futures
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kktbridge.core._status import SolverError, Status
+
+__all__ = ["Adapter", "HostSolution", "call_adapter", "thread_pool", "num_workers"]
+
+
+@dataclass
+class HostSolution:
+    """One instance's result on the host.
+
+    Attributes:
+      values: named output arrays (e.g. ``x``, ``eq_dual``); shapes fixed by the bridge's spec.
+      status: mapped :class:`Status`.
+      iterations: iteration count reported by the solver.
+      native_status: the solver's own status, for error messages.
+    """
+
+    values: dict[str, np.ndarray]
+    status: Status
+    iterations: int = 0
+    native_status: Any = None
+
+
+def num_workers() -> int:
+    """Threads used to solve a batch: the machine's cores (``KKTBRIDGE_NUM_THREADS`` overrides)."""
+    env = os.environ.get("KKTBRIDGE_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, os.cpu_count() or 1)
+
+
+_POOL: Optional[concurrent.futures.ThreadPoolExecutor] = None
+_POOL_LOCK = threading.Lock()
+
+
+def thread_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """Process-wide pool shared by all adapters (created lazily)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=num_workers(), thread_name_prefix="kktbridge")
+        return _POOL
+
+
+def chunks(n: int, k: int) -> list[range]:
+    """Split ``range(n)`` into at most ``k`` contiguous, nearly equal chunks."""
+    k = max(1, min(k, n))
+    bounds = np.linspace(0, n, k + 1).astype(int)
+    return [range(bounds[i], bounds[i + 1]) for i in range(k) if bounds[i] < bounds[i + 1]]
+
+
+class Adapter(abc.ABC):
+    """Base class of solver adapters (one module per solver in ``kktbridge/adapters``).
+
+    Subclasses set :attr:`name` and :attr:`kind` and implement :meth:`solve_one`; they may override
+    :meth:`solve_batch` to reuse work across a batch (as the OSQP adapter does). Solver libraries
+    must be imported inside methods, never at module import.
+    """
+
+    name: ClassVar[str]
+    #: problem class served: ``"nlp"``, ``"qp"`` or ``"conic"``.
+    kind: ClassVar[str]
+    #: native status -> Status; every status the solver documents must be listed.
+    status_map: ClassVar[Mapping[Any, Status]] = {}
+
+    def map_status(self, native: Any) -> Status:
+        """Map a native status; anything unlisted is a failure, never a silent success."""
+        return self.status_map.get(native, Status.FAILED)
+
+    @abc.abstractmethod
+    def solve_one(self, data: dict[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
+        """Solve one instance from NumPy data."""
+
+    def solve_batch(
+        self, batch: Sequence[dict[str, np.ndarray]], shared: frozenset, options: Mapping[str, Any]
+    ) -> list[HostSolution]:
+        """Solve many instances; the default runs :meth:`solve_one` on the shared thread pool.
+
+        Args:
+          batch: one data dict per instance.
+          shared: names of the arrays that are identical for every instance (not batched).
+          options: solver options.
+        """
+        if len(batch) == 1:
+            return [self.solve_one(batch[0], options)]
+        return list(thread_pool().map(lambda d: self.solve_one(d, options), batch))
+
+
+def call_adapter(
+    adapter: Adapter,
+    data: Mapping[str, jax.Array],
+    out_spec: Mapping[str, jax.ShapeDtypeStruct],
+    options: Mapping[str, Any],
+    raise_on_failure: bool,
+) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
+    """Run ``adapter`` on the host from JAX, batching over any leading ``vmap`` axes.
+
+    Args:
+      adapter: the adapter instance.
+      data: named input arrays (unbatched shapes as the bridge built them).
+      out_spec: named output shapes/dtypes for one instance.
+      options: solver options (static).
+      raise_on_failure: raise :class:`SolverError` from the host when an instance fails. Used
+        only where the bridge cannot inspect the status itself (inside ``jit``/``vmap``), in which
+        case JAX reports it wrapped in its runtime error.
+
+    Returns:
+      ``(values, status, iterations)``; ``status`` and ``iterations`` are ``int32`` scalars per
+      instance.
+    """
+    names = list(data)
+    arrays = [jnp.asarray(data[k]) for k in names]
+    base_ndim = [a.ndim for a in arrays]
+    out_names = list(out_spec)
+
+    def host(*host_arrays):
+        host_arrays = [np.asarray(a) for a in host_arrays]
+        lead = [a.shape[: a.ndim - nd] for a, nd in zip(host_arrays, base_ndim)]
+        batch_shape = np.broadcast_shapes(*lead) if lead else ()
+        size = int(np.prod(batch_shape, dtype=int))
+        flat = []
+        for a, nd, ld in zip(host_arrays, base_ndim, lead):
+            a = np.broadcast_to(a, batch_shape + a.shape[a.ndim - nd :])
+            flat.append(a.reshape((size,) + a.shape[len(batch_shape) :]))
+        shared = frozenset(k for k, ld in zip(names, lead) if int(np.prod(ld, dtype=int)) == 1)
+        batch = [{k: flat[j][i] for j, k in enumerate(names)} for i in range(size)]
+        results = adapter.solve_batch(batch, shared, options)
+        if raise_on_failure:
+            for r in results:
+                if not r.status.ok:
+                    raise SolverError(adapter.name, r.status, r.native_status)
+        outs = []
+        for k in out_names:
+            spec = out_spec[k]
+            stacked = np.stack([np.asarray(r.values[k], dtype=spec.dtype).reshape(spec.shape) for r in results])
+            outs.append(stacked.reshape(batch_shape + tuple(spec.shape)))
+        status = np.array([int(r.status) for r in results], dtype=np.int32).reshape(batch_shape)
+        iters = np.array([int(r.iterations) for r in results], dtype=np.int32).reshape(batch_shape)
+        return (*outs, status, iters)
+
+    specs = [out_spec[k] for k in out_names] + [
+        jax.ShapeDtypeStruct((), jnp.int32),
+        jax.ShapeDtypeStruct((), jnp.int32),
+    ]
+    res = jax.pure_callback(host, tuple(specs), *arrays, vmap_method="expand_dims")
+    values = dict(zip(out_names, res[: len(out_names)]))
+    return values, res[-2], res[-1]
