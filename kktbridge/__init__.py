@@ -1,1 +1,3 @@
 from kktbridge.core._implicit import custom_fixed_point, custom_root, root_jvp, root_vjp, implicit_solution
+from kktbridge.core._status import Status, SolverError
+from kktbridge.bridges._nlp import solve_nlp, NLPSolution

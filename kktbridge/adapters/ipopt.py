@@ -1,0 +1,166 @@
+"""IPOPT adapter (through cyipopt): nonlinear programs with JAX-compiled oracles.
+
+The problem ``min f(x, p) s.t. c_E(x, p) = 0, c_I(x, p) ≤ 0, l ≤ x ≤ u`` reaches IPOPT as
+``cl ≤ c(x) ≤ cu`` with ``c = (c_E, c_I)``, ``cl = (0, -inf)``, ``cu = (0, 0)``. Objective,
+gradient, constraints, dense constraint Jacobian and the lower triangle of the Lagrangian Hessian
+``σ ∇²f + Σ λ_i ∇²c_i`` are JAX functions jit-compiled once per problem *structure* (see
+:class:`NLPOracles`) and called on the host by IPOPT.
+
+Multiplier conventions (IPOPT's): ``∇f + J_Eᵀν + J_Iᵀλ - z_L + z_U = 0`` with ``λ, z_L, z_U ≥ 0``,
+which is exactly the Lagrangian kktbridge's KKT residual uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kktbridge.adapters._base import Adapter, HostSolution
+from kktbridge.core._status import Status
+
+# Every ApplicationReturnStatus IPOPT documents (cyipopt reports it as info["status"]).
+_STATUS = {
+    0: Status.SOLVED,  # Solve_Succeeded
+    1: Status.SOLVED_INACCURATE,  # Solved_To_Acceptable_Level
+    2: Status.INFEASIBLE,  # Infeasible_Problem_Detected
+    3: Status.NUMERICAL_ERROR,  # Search_Direction_Becomes_Too_Small
+    4: Status.UNBOUNDED,  # Diverging_Iterates
+    5: Status.FAILED,  # User_Requested_Stop
+    6: Status.SOLVED_INACCURATE,  # Feasible_Point_Found (square problems)
+    -1: Status.MAX_ITER,  # Maximum_Iterations_Exceeded
+    -2: Status.INFEASIBLE,  # Restoration_Failed (usually locally infeasible)
+    -3: Status.NUMERICAL_ERROR,  # Error_In_Step_Computation
+    -4: Status.TIME_LIMIT,  # Maximum_CpuTime_Exceeded
+    -5: Status.TIME_LIMIT,  # Maximum_WallTime_Exceeded
+    -10: Status.INVALID_PROBLEM,  # Not_Enough_Degrees_Of_Freedom
+    -11: Status.INVALID_PROBLEM,  # Invalid_Problem_Definition
+    -12: Status.INVALID_PROBLEM,  # Invalid_Option
+    -13: Status.INVALID_PROBLEM,  # Invalid_Number_Detected
+    -100: Status.FAILED,  # Unrecoverable_Exception
+    -101: Status.FAILED,  # NonIpopt_Exception_Thrown
+    -102: Status.FAILED,  # Insufficient_Memory
+    -199: Status.FAILED,  # Internal_Error
+}
+
+#: Defaults chosen for derivative quality: a tight tolerance and no output. Users override any.
+DEFAULT_OPTIONS: dict[str, Any] = {"tol": 1e-10, "print_level": 0, "sb": "yes", "max_iter": 3000}
+
+
+class NLPOracles:
+    """Jit-compiled host oracles of one problem structure, over flat ``x`` and flat ``p``.
+
+    Built once per ``(objective, eq, ineq, x structure, params structure)`` by the NLP bridge and
+    reused across calls (the compiled XLA executables are cached by ``jax.jit``).
+    """
+
+    def __init__(self, objective: Callable, eq: Callable | None, ineq: Callable | None, unravel_x, unravel_p, m_eq: int, m_ineq: int, n: int):
+        self.n, self.m_eq, self.m_ineq = n, m_eq, m_ineq
+        self.m = m_eq + m_ineq
+
+        def f(x, p):
+            return objective(unravel_x(x), unravel_p(p))
+
+        def c(x, p):
+            parts = []
+            if eq is not None:
+                parts.append(jnp.ravel(eq(unravel_x(x), unravel_p(p))))
+            if ineq is not None:
+                parts.append(jnp.ravel(ineq(unravel_x(x), unravel_p(p))))
+            return jnp.concatenate(parts) if parts else jnp.zeros((0,), x.dtype)
+
+        rows, cols = np.tril_indices(n)
+        self.hess_rows, self.hess_cols = rows, cols
+
+        def hess(x, p, sigma, lam):
+            H = jax.hessian(lambda x: sigma * f(x, p) + jnp.vdot(lam, c(x, p)))(x)
+            return H[rows, cols]
+
+        self.f = jax.jit(f)
+        self.grad = jax.jit(jax.grad(f))
+        self.c = jax.jit(c)
+        self.jac = jax.jit(lambda x, p: jnp.ravel(jax.jacfwd(c)(x, p)))
+        self.hess = jax.jit(hess)
+        self.jac_rows, self.jac_cols = (a.ravel() for a in np.indices((self.m, n)))
+
+
+class _Problem:
+    """cyipopt problem object evaluating the compiled oracles at fixed parameters ``p``."""
+
+    def __init__(self, oracles: NLPOracles, p: np.ndarray):
+        self.o, self.p = oracles, p
+        self.iterations = 0
+
+    def objective(self, x):
+        return float(self.o.f(x, self.p))
+
+    def gradient(self, x):
+        return np.asarray(self.o.grad(x, self.p))
+
+    def constraints(self, x):
+        return np.asarray(self.o.c(x, self.p))
+
+    def jacobianstructure(self):
+        return self.o.jac_rows, self.o.jac_cols
+
+    def jacobian(self, x):
+        return np.asarray(self.o.jac(x, self.p))
+
+    def hessianstructure(self):
+        return self.o.hess_rows, self.o.hess_cols
+
+    def hessian(self, x, lagrange, obj_factor):
+        return np.asarray(self.o.hess(x, self.p, obj_factor, lagrange))
+
+    def intermediate(self, alg_mod, iter_count, *args):
+        self.iterations = int(iter_count)
+        return True
+
+
+class IpoptAdapter(Adapter):
+    """IPOPT through cyipopt. Data: ``x0, p, lower, upper`` (flat); oracles in ``options["oracles"]``."""
+
+    name: ClassVar[str] = "ipopt"
+    kind: ClassVar[str] = "nlp"
+    status_map: ClassVar[Mapping[int, Status]] = _STATUS
+
+    def solve_one(self, data: dict[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
+        import cyipopt
+
+        options = dict(options)
+        oracles: NLPOracles = options.pop("oracles")
+        n, m, m_eq = oracles.n, oracles.m, oracles.m_eq
+        p = np.asarray(data["p"], dtype=np.float64)
+        x0 = np.asarray(data["x0"], dtype=np.float64)
+        nan = lambda k: np.full(k, np.nan)  # noqa: E731
+        bad = {"x": nan(n), "mult_g": nan(m), "mult_x_L": nan(n), "mult_x_U": nan(n)}
+        if not (np.all(np.isfinite(p)) and np.all(np.isfinite(x0))):
+            return HostSolution(_values(bad, m_eq), Status.INVALID_PROBLEM, 0, "non-finite data")
+        cl = np.concatenate([np.zeros(m_eq), np.full(m - m_eq, -np.inf)])
+        cu = np.zeros(m)
+        problem = _Problem(oracles, p)
+        nlp = cyipopt.Problem(n=n, m=m, problem_obj=problem, lb=data["lower"], ub=data["upper"], cl=cl, cu=cu)
+        for key, value in {**DEFAULT_OPTIONS, **options}.items():
+            nlp.add_option(key, value)
+        try:
+            x, info = nlp.solve(x0)
+        except Exception as e:  # cyipopt raises for invalid options and oracle exceptions
+            return HostSolution(_values(bad, m_eq), Status.INVALID_PROBLEM, problem.iterations, repr(e))
+        finally:
+            nlp.close()
+        status = self.map_status(info["status"])
+        info = dict(info, x=x)
+        return HostSolution(_values(info, m_eq), status, problem.iterations, f"{info['status']}: {info.get('status_msg', b'')!r}")
+
+
+def _values(info: Mapping[str, Any], m_eq: int) -> dict[str, np.ndarray]:
+    mult_g = np.asarray(info["mult_g"], dtype=np.float64)
+    return {
+        "x": np.asarray(info["x"], dtype=np.float64),
+        "eq_dual": mult_g[:m_eq],
+        "ineq_dual": mult_g[m_eq:],
+        "lower_dual": np.asarray(info["mult_x_L"], dtype=np.float64),
+        "upper_dual": np.asarray(info["mult_x_U"], dtype=np.float64),
+    }

@@ -1,0 +1,228 @@
+r"""``solve_nlp``: differentiable nonlinear programs (IPOPT by default).
+
+Problem:
+
+.. math::  \min_x f(x, p) \quad \text{s.t.}\quad h(x, p) = 0,\; g(x, p) \le 0,\; l \le x \le u.
+
+The solver returns a KKT point ``(x*, ν*, λ*, z_L*, z_U*)``. Its derivatives with respect to
+``p``, ``l`` and ``u`` come from the implicit function theorem applied to the KKT residual of
+:mod:`kktbridge.core._kkt`, with the bounds written as inequalities ``x - u ≤ 0`` and ``l - x ≤ 0``
+(infinite bounds are inactive rows). They are valid where the solution is a strict local minimum
+satisfying the second-order sufficient conditions (nonconvex problems included). At a weakly
+active constraint the derivative returned is the one-sided derivative that keeps that constraint
+inactive (see :func:`kktbridge.core._kkt.complementarity`); where the KKT system is singular
+(redundant constraints, LICQ failure) it is the minimum-norm one.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from kktbridge.adapters import call_adapter, get_adapter
+from kktbridge.bridges._common import as_array, check_on_failure, finalize, is_concrete
+from kktbridge.core._implicit import implicit_solution
+from kktbridge.core._kkt import KKTPoint, kkt_residual
+
+PyTree = Any
+
+
+class NLPSolution(NamedTuple):
+    """Primal-dual solution of :func:`solve_nlp` (a pytree; every float field is differentiable).
+
+    Attributes:
+      x: primal solution (same pytree structure as ``x0``).
+      eq_dual: multipliers ``ν`` of ``eq(x, p) = 0`` (shape ``(m_eq,)``).
+      ineq_dual: multipliers ``λ ≥ 0`` of ``ineq(x, p) ≤ 0`` (shape ``(m_ineq,)``).
+      lower_dual: multipliers ``z_L ≥ 0`` of ``x ≥ lower`` (flat, shape ``(n,)``).
+      upper_dual: multipliers ``z_U ≥ 0`` of ``x ≤ upper`` (flat, shape ``(n,)``).
+      objective: ``f(x*, p)``.
+      status: :class:`~kktbridge.Status` code (int32).
+      iterations: solver iterations (int32).
+    """
+
+    x: PyTree
+    eq_dual: jax.Array
+    ineq_dual: jax.Array
+    lower_dual: jax.Array
+    upper_dual: jax.Array
+    objective: jax.Array
+    status: jax.Array
+    iterations: jax.Array
+
+
+_ORACLE_CACHE: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
+_ORACLE_LOCK = threading.Lock()
+_ORACLE_CACHE_SIZE = 128
+
+
+def _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq):
+    """Compiled host oracles, cached per problem structure (functions + shapes), not per call."""
+    from kktbridge.adapters.ipopt import NLPOracles
+
+    x_flat, unravel_x = ravel_pytree(x0)
+    p_flat, unravel_p = ravel_pytree(params)
+    struct = lambda t: (jax.tree_util.tree_structure(t), tuple((jnp.shape(l), jnp.result_type(l)) for l in jax.tree_util.tree_leaves(t)))  # noqa: E731
+    key = (objective, eq, ineq, struct(x0), struct(params))
+    with _ORACLE_LOCK:
+        if key in _ORACLE_CACHE:
+            _ORACLE_CACHE.move_to_end(key)
+            return _ORACLE_CACHE[key]
+    oracles = NLPOracles(objective, eq, ineq, unravel_x, unravel_p, m_eq, m_ineq, x_flat.shape[0])
+    with _ORACLE_LOCK:
+        _ORACLE_CACHE[key] = oracles
+        if len(_ORACLE_CACHE) > _ORACLE_CACHE_SIZE:
+            _ORACLE_CACHE.popitem(last=False)
+    return oracles
+
+
+def _constraint_size(name: str, fun: Optional[Callable], x0, params) -> int:
+    if fun is None:
+        return 0
+    if not callable(fun):
+        raise ValueError(f"{name}: expected a callable {name}(x, params) or None, got {type(fun).__name__}")
+    try:
+        out = jax.eval_shape(fun, x0, params)
+    except Exception as e:
+        raise ValueError(f"{name}: calling {name}(x0, params) failed: {e}") from e
+    if not hasattr(out, "shape") or len(out.shape) > 1:
+        raise ValueError(f"{name}: must return a scalar or 1-D array, got {out}")
+    return int(np.prod(out.shape, dtype=int))
+
+
+def _bound(name: str, value, n: int, fill: float, dtype) -> jax.Array:
+    if value is None:
+        return jnp.full((n,), fill, dtype)
+    arr = jnp.asarray(value, dtype=dtype)
+    if arr.ndim == 0:
+        arr = jnp.full((n,), arr, dtype)
+    if arr.shape != (n,):
+        raise ValueError(f"{name}: expected a scalar or an array with {n} entries (one per variable), got shape {arr.shape}")
+    if is_concrete(arr) and np.isnan(np.asarray(arr)).any():
+        raise ValueError(f"{name}: contains NaN")
+    return arr
+
+
+def solve_nlp(
+    objective: Callable[[PyTree, PyTree], jax.Array],
+    x0: PyTree,
+    params: PyTree,
+    *,
+    eq: Optional[Callable[[PyTree, PyTree], jax.Array]] = None,
+    ineq: Optional[Callable[[PyTree, PyTree], jax.Array]] = None,
+    lower: Optional[Any] = None,
+    upper: Optional[Any] = None,
+    solver: str = "ipopt",
+    solve: Any = None,
+    on_failure: str = "raise",
+    **options: Any,
+) -> NLPSolution:
+    """Solve ``min f(x, p) s.t. eq(x, p) = 0, ineq(x, p) ≤ 0, lower ≤ x ≤ upper``, differentiably.
+
+    Every float field of the result is differentiable with respect to ``params``, ``lower`` and
+    ``upper`` in forward and reverse mode, to any order, under ``jit`` and ``vmap`` (a ``vmap``-ed
+    batch is solved in one host call on a thread pool). ``x0`` only initialises the solver
+    (its derivative is zero).
+
+    Args:
+      objective: ``f(x, params) -> scalar``, a JAX function (twice differentiable in ``x``).
+      x0: initial point; any pytree of float arrays. ``x`` in the solution has its structure.
+      params: any pytree of arrays passed to every function.
+      eq: ``eq(x, params) -> (m_eq,)`` equality constraints, or ``None``.
+      ineq: ``ineq(x, params) -> (m_ineq,)`` inequality constraints ``≤ 0``, or ``None``.
+      lower, upper: bounds on the flattened ``x`` (scalar or ``(n,)``; ``±inf`` for none).
+      solver: adapter name (``"ipopt"``).
+      solve: linear solver for the KKT system (name or callable); default dense LU with an SVD
+        minimum-norm fallback for singular systems, GMRES above 2048 unknowns.
+      on_failure: ``"raise"`` (default) raises :class:`~kktbridge.SolverError` when the solver
+        does not report success; ``"nan"`` returns NaNs and the status instead (use it under
+        ``jit``/``vmap`` to handle failures in-graph).
+      **options: passed to the solver (for IPOPT: ``tol``, ``max_iter``, ``print_level``,
+        ``hessian_approximation``, ...). Defaults: ``tol=1e-10``, ``print_level=0``.
+
+    Returns:
+      :class:`NLPSolution`.
+
+    Functions are compiled once per (functions, shapes) and cached: pass the same function
+    objects across calls (not fresh lambdas) to avoid recompilation.
+    """
+    if not callable(objective):
+        raise ValueError(f"objective: expected a callable objective(x, params), got {type(objective).__name__}")
+    check_on_failure(on_failure)
+    adapter = get_adapter(solver, kind="nlp")
+    x0_flat, unravel_x = ravel_pytree(x0)
+    if x0_flat.size == 0:
+        raise ValueError("x0: expected at least one variable, got an empty pytree")
+    if not jnp.issubdtype(x0_flat.dtype, jnp.floating):
+        x0_flat = x0_flat.astype(jnp.result_type(float))
+    x0 = unravel_x(x0_flat)
+    as_array("x0", x0_flat)
+    p_flat, _ = ravel_pytree(params)
+    if p_flat.size:
+        as_array("params", p_flat)
+    n, dtype = x0_flat.shape[0], x0_flat.dtype
+    try:
+        out = jax.eval_shape(objective, x0, params)
+    except Exception as e:
+        raise ValueError(f"objective: calling objective(x0, params) failed: {e}") from e
+    if getattr(out, "shape", None) != ():
+        raise ValueError(f"objective: must return a scalar, got shape {getattr(out, 'shape', out)}")
+    m_eq = _constraint_size("eq", eq, x0, params)
+    m_ineq = _constraint_size("ineq", ineq, x0, params)
+    lower = _bound("lower", lower, n, -jnp.inf, dtype)
+    upper = _bound("upper", upper, n, jnp.inf, dtype)
+    if is_concrete(lower, upper) and np.any(np.asarray(lower) > np.asarray(upper)):
+        raise ValueError("lower, upper: lower must be <= upper everywhere")
+
+    oracles = _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq)
+    stop = jax.lax.stop_gradient
+    data = {"x0": stop(x0_flat), "p": stop(p_flat.astype(dtype)), "lower": stop(lower), "upper": stop(upper)}
+    spec = {
+        "x": jax.ShapeDtypeStruct((n,), dtype),
+        "eq_dual": jax.ShapeDtypeStruct((m_eq,), dtype),
+        "ineq_dual": jax.ShapeDtypeStruct((m_ineq,), dtype),
+        "lower_dual": jax.ShapeDtypeStruct((n,), dtype),
+        "upper_dual": jax.ShapeDtypeStruct((n,), dtype),
+    }
+    raise_in_host = on_failure == "raise" and not is_concrete(x0_flat, p_flat, lower, upper)
+    values, status, iters = call_adapter(adapter, data, spec, {**options, "oracles": oracles}, raise_in_host)
+    values = finalize(adapter.name, values, status, on_failure)
+
+    # Bounds as inequalities so one KKT residual covers them: rows (x - u) then (l - x).
+    def ineq_all(x, theta):
+        p, lo, up = theta
+        xf = ravel_pytree(x)[0]
+        parts = [jnp.ravel(ineq(x, p))] if ineq is not None else []
+        # Infinite bounds become the constant inactive row -1 <= 0 (no inf arithmetic in the KKT system).
+        upper_rows = jnp.where(jnp.isfinite(up), xf - up, -1.0)
+        lower_rows = jnp.where(jnp.isfinite(lo), lo - xf, -1.0)
+        return jnp.concatenate(parts + [upper_rows, lower_rows])
+
+    F = kkt_residual(
+        lambda x, theta: objective(x, theta[0]),
+        (lambda x, theta: jnp.ravel(eq(x, theta[0]))) if eq is not None else None,
+        ineq_all,
+    )
+    z = KKTPoint(
+        unravel_x(values["x"]),
+        values["eq_dual"],
+        jnp.concatenate([values["ineq_dual"], values["upper_dual"], values["lower_dual"]]),
+    )
+    z = implicit_solution(F, z, ((params, lower, upper),), solve)
+    lam = z.ineq_dual
+    return NLPSolution(
+        x=z.x,
+        eq_dual=z.eq_dual,
+        ineq_dual=lam[:m_ineq],
+        lower_dual=lam[m_ineq + n :],
+        upper_dual=lam[m_ineq : m_ineq + n],
+        objective=objective(z.x, params),
+        status=status,
+        iterations=iters,
+    )
