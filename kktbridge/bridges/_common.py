@@ -23,10 +23,17 @@ def check_on_failure(on_failure: str) -> None:
         raise ValueError(f"on_failure: expected one of {ON_FAILURE}, got {on_failure!r}")
 
 
-def as_array(name: str, value: Any, ndim: Optional[int] = None, shape: Optional[Sequence[Optional[int]]] = None) -> jax.Array:
+def as_array(
+    name: str,
+    value: Any,
+    ndim: Optional[int] = None,
+    shape: Optional[Sequence[Optional[int]]] = None,
+    allow_inf: bool = False,
+) -> jax.Array:
     """Convert to a floating JAX array and check rank/shape, naming ``name`` in errors.
 
-    ``shape`` entries may be ``None`` (any size). NaN/inf are rejected when the value is concrete.
+    ``shape`` entries may be ``None`` (any size). NaN (and inf unless ``allow_inf``) are rejected
+    when the value is concrete.
     """
     if value is None:
         raise ValueError(f"{name}: expected an array, got None")
@@ -42,7 +49,7 @@ def as_array(name: str, value: Any, ndim: Optional[int] = None, shape: Optional[
         if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
             want = "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
             raise ValueError(f"{name}: expected shape {want}, got {tuple(arr.shape)}")
-    check_finite(name, arr)
+    check_finite(name, arr, allow_inf=allow_inf)
     return arr
 
 

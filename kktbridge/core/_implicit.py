@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from kktbridge.core._linear_solve import LinearSolver, resolve_solver
 
@@ -59,13 +60,24 @@ def _combine(dynamic: list, static: list, treedef: Any) -> PyTree:
 
 
 def _linear_solve(matvec: Callable, b: PyTree, solve: LinearSolver) -> PyTree:
-    """``A^{-1} b`` as a transposable, differentiable JAX primitive."""
-    return jax.lax.custom_linear_solve(
-        matvec,
-        b,
+    """``A^{-1} b`` as a transposable, differentiable JAX primitive.
+
+    The system is posed on the flattened vector: JAX can only transpose ``custom_linear_solve``
+    when every leaf of ``b`` is linear in the tangents, and blocks of ``b`` that do not depend on
+    the differentiated inputs (e.g. the equality rows when only ``q`` varies) would be constants.
+    """
+    b_flat, unravel = ravel_pytree(b)
+
+    def flat_matvec(v):
+        return ravel_pytree(matvec(unravel(v)))[0]
+
+    x = jax.lax.custom_linear_solve(
+        flat_matvec,
+        b_flat,
         solve=lambda mv, rhs: solve(mv, rhs),
         transpose_solve=lambda vm, rhs: solve(vm, rhs),
     )
+    return unravel(x)
 
 
 def _root_tangent(F: Callable, sol: PyTree, args: tuple, args_dot: tuple, solve: LinearSolver) -> PyTree:
@@ -186,13 +198,8 @@ def root_vjp(
     args = _as_tuple(args)
     solve = resolve_solver(solve)
     _, vjp_sol = jax.vjp(lambda s: optimality_fun(s, *args), sol)
-    # u = A^{-T} v with the transpose taken by custom_linear_solve (differentiable).
-    u = jax.lax.custom_linear_solve(
-        lambda w: vjp_sol(w)[0],
-        cotangent,
-        solve=lambda mv, rhs: solve(mv, rhs),
-        transpose_solve=lambda vm, rhs: solve(vm, rhs),
-    )
+    # u = A^{-T} v, as a differentiable linear solve with the transposed operator.
+    u = _linear_solve(lambda w: vjp_sol(w)[0], cotangent, solve)
     _, vjp_args = jax.vjp(lambda *a: optimality_fun(sol, *a), *args)
     return vjp_args(_tree_neg(u))
 

@@ -1,0 +1,147 @@
+"""OSQP adapter: convex QPs ``min ½xᵀPx + qᵀx s.t. Ax = b, Gx ≤ h``.
+
+OSQP's form is ``l ≤ [A; G] x ≤ u`` with ``l = (b, -inf)``, ``u = (b, h)``; its dual ``y`` satisfies
+``Px + q + [A; G]ᵀ y = 0``, so ``y = (ν, λ)`` with ``λ ≥ 0`` directly.
+
+Batches (from ``vmap``) are split into one chunk per worker thread. Each chunk sets OSQP up once
+and then, instance after instance, only ``update``-s what changes -- vectors always, matrix values
+only when ``P`` or ``A``/``G`` are themselves batched -- and warm-starts from the previous solution,
+so a batch with fixed matrices is factorised once per thread. Matrices use the union of the
+batch's nonzero patterns so that every instance fits the factorised structure.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from kktbridge.adapters._base import Adapter, HostSolution, chunks, num_workers, thread_pool
+from kktbridge.core._status import Status
+
+# osqp.SolverStatus values (OSQP >= 1.0).
+_STATUS = {
+    1: Status.SOLVED,  # OSQP_SOLVED
+    2: Status.SOLVED_INACCURATE,  # OSQP_SOLVED_INACCURATE
+    3: Status.INFEASIBLE,  # OSQP_PRIMAL_INFEASIBLE
+    4: Status.INFEASIBLE,  # OSQP_PRIMAL_INFEASIBLE_INACCURATE
+    5: Status.UNBOUNDED,  # OSQP_DUAL_INFEASIBLE
+    6: Status.UNBOUNDED,  # OSQP_DUAL_INFEASIBLE_INACCURATE
+    7: Status.MAX_ITER,  # OSQP_MAX_ITER_REACHED
+    8: Status.TIME_LIMIT,  # OSQP_TIME_LIMIT_REACHED
+    9: Status.INVALID_PROBLEM,  # OSQP_NON_CVX (P not positive semidefinite)
+    10: Status.FAILED,  # OSQP_SIGINT
+    11: Status.FAILED,  # OSQP_UNSOLVED
+}
+
+#: Tight tolerances plus polishing (an exact active-set refinement): derivative quality depends on
+#: an accurate active set. ``verbose=False`` keeps batches quiet. Users override any of these.
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "eps_abs": 1e-9,
+    "eps_rel": 1e-9,
+    "polishing": True,
+    "polish_refine_iter": 10,
+    "max_iter": 100_000,
+    "verbose": False,
+}
+
+
+def _pattern(mats: Sequence[np.ndarray], upper: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Row/column indices (CSC order) of the union of nonzeros of ``mats``."""
+    mask = np.zeros(mats[0].shape, dtype=bool)
+    for M in mats:
+        mask |= M != 0
+    if upper:
+        mask = np.triu(mask)
+    cols, rows = np.nonzero(mask.T)  # column-major order is CSC order
+    return rows, cols
+
+
+def _csc(M: np.ndarray, rows: np.ndarray, cols: np.ndarray):
+    import scipy.sparse as sp
+
+    shape = M.shape
+    indptr = np.searchsorted(cols, np.arange(shape[1] + 1))
+    return sp.csc_matrix((M[rows, cols], rows, indptr), shape=shape)
+
+
+class OSQPAdapter(Adapter):
+    """OSQP. Data: ``P, q, A, b, G, h`` (dense; absent groups have zero rows), optional ``x0, y0``."""
+
+    name: ClassVar[str] = "osqp"
+    kind: ClassVar[str] = "qp"
+    status_map: ClassVar[Mapping[int, Status]] = _STATUS
+
+    def solve_one(self, data: dict[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
+        return self._solve_chunk([data], frozenset(), options)[0]
+
+    def solve_batch(self, batch, shared, options):
+        if len(batch) == 1:
+            return [self.solve_one(batch[0], options)]
+        parts = chunks(len(batch), num_workers())
+        results = thread_pool().map(lambda r: self._solve_chunk([batch[i] for i in r], shared, options), parts)
+        return [sol for part in results for sol in part]
+
+    def _solve_chunk(self, batch: Sequence[dict], shared: frozenset, options: Mapping[str, Any]) -> list[HostSolution]:
+        import osqp
+
+        settings = {**DEFAULT_OPTIONS, **options}
+        m_eq = batch[0]["A"].shape[0]
+        n = batch[0]["P"].shape[0]
+        m = m_eq + batch[0]["G"].shape[0]
+        mats_P = [0.5 * (d["P"] + d["P"].T) for d in batch]
+        mats_A = [np.vstack([d["A"], d["G"]]) for d in batch]
+        p_rows, p_cols = _pattern(mats_P, upper=True)
+        a_rows, a_cols = _pattern(mats_A, upper=False)
+        P_batched = "P" not in shared
+        A_batched = not {"A", "G"} <= shared
+        solver = None
+        out = []
+        prev = None
+        for i, d in enumerate(batch):
+            l = np.concatenate([d["b"], np.full(m - m_eq, -np.inf)])
+            u = np.concatenate([d["b"], d["h"]])
+            finite = all(np.all(np.isfinite(d[k])) for k in ("P", "q", "A", "b", "G"))
+            if not finite or np.isnan(d["h"]).any():
+                out.append(_failed(n, m, m_eq, Status.INVALID_PROBLEM, "non-finite data"))
+                continue
+            if solver is None:
+                solver = osqp.OSQP()
+                try:
+                    solver.setup(
+                        P=_csc(mats_P[i], p_rows, p_cols), q=d["q"], A=_csc(mats_A[i], a_rows, a_cols), l=l, u=u, **settings
+                    )
+                except ValueError as e:  # OSQP rejects e.g. a non-convex P or unknown settings here
+                    solver = None
+                    out.append(_failed(n, m, m_eq, Status.INVALID_PROBLEM, str(e)))
+                    continue
+            else:
+                upd: dict[str, Any] = {"q": d["q"], "l": l, "u": u}
+                if P_batched:
+                    upd["Px"] = mats_P[i][p_rows, p_cols]
+                if A_batched:
+                    upd["Ax"] = mats_A[i][a_rows, a_cols]
+                solver.update(**upd)
+            if "x0" in d:
+                solver.warm_start(x=d["x0"], y=d.get("y0", np.zeros(m)))
+            elif prev is not None:
+                solver.warm_start(x=prev[0], y=prev[1])
+            res = solver.solve()
+            status = self.map_status(int(res.info.status_val))
+            if status.ok:
+                prev = (res.x, res.y)
+            x = np.asarray(res.x, dtype=np.float64) if status.ok else np.full(n, np.nan)
+            y = np.asarray(res.y, dtype=np.float64) if status.ok else np.full(m, np.nan)
+            out.append(
+                HostSolution(
+                    {"x": x, "eq_dual": y[:m_eq], "ineq_dual": y[m_eq:]},
+                    status,
+                    int(res.info.iter),
+                    f"{res.info.status} (polish {res.info.status_polish})",
+                )
+            )
+        return out
+
+
+def _failed(n: int, m: int, m_eq: int, status: Status, why: str) -> HostSolution:
+    return HostSolution({"x": np.full(n, np.nan), "eq_dual": np.full(m_eq, np.nan), "ineq_dual": np.full(m - m_eq, np.nan)}, status, 0, why)
