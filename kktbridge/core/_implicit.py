@@ -59,6 +59,15 @@ def _combine(dynamic: list, static: list, treedef: Any) -> PyTree:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def _no_transformation_active() -> bool:
+    try:
+        from jax._src import core as _core
+
+        return bool(_core.trace_state_clean())
+    except Exception:  # private API moved: fall back to always attaching derivatives
+        return False
+
+
 def _linear_solve(matvec: Callable, b: PyTree, solve: LinearSolver) -> PyTree:
     """``A^{-1} b`` as a transposable, differentiable JAX primitive.
 
@@ -109,6 +118,10 @@ def implicit_solution(
     solve = resolve_solver(solve)
     if not isinstance(args, tuple):
         args = (args,)
+    if _no_transformation_active():
+        # Outside jit/grad/vmap nothing can ever differentiate this value (no tracer exists, not
+        # even in closures), so skip tracing F: eager calls (e.g. finite-difference checks) stay cheap.
+        return sol
     dynamic, static, treedef = _partition(args)
     sol = jax.lax.stop_gradient(sol)
     # Indices of dynamic leaves; only those cross the custom_jvp boundary.

@@ -1,0 +1,239 @@
+"""solve_nlp (IPOPT): derivatives vs central finite differences, batching, failures, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import kktbridge as kb
+from tests.bridges._fd import fd_jacobian, rel_err
+
+TIGHT = {"tol": 1e-12}
+
+
+# The tutorial's problem (shared/references/ipopt-jax-tutorial.md); its h >= 0 becomes -h <= 0.
+def tut_f(x, p):
+    w = jnp.array([p[1], p[0] * p[1], p[0] * p[1] ** 2 * p[2]])
+    return jnp.mean((w * x - jnp.array([1.3, 1.2, 1.05])) ** 2)
+
+
+def tut_eq(x, p):
+    M = jnp.array([1.0, 2, 3, 0, 1, 4, 5, 6, 0]).reshape(3, -1)
+    return jnp.log(p) * (M @ x) - jnp.array([0.6931472 * 10, -2.3025851 * 6, 1.609438 * 27])
+
+
+def tut_ineq(x, p):
+    return -(p * x**2)
+
+
+P_TUT = jnp.array([2.0, 0.1, 5.0])
+
+
+def tut_solution(p):
+    return kb.solve_nlp(tut_f, jnp.zeros(3), p, eq=tut_eq, ineq=tut_ineq, **TIGHT)
+
+
+def tut_lagrangian(p):
+    s = tut_solution(p)
+    return tut_f(s.x, p) + s.eq_dual @ tut_eq(s.x, p) + s.ineq_dual @ tut_ineq(s.x, p)
+
+
+def test_tutorial_value_and_grad_matches_fd():
+    value, grad = jax.jit(jax.value_and_grad(tut_lagrangian))(P_TUT)
+    fd = fd_jacobian(lambda p: tut_lagrangian(jnp.asarray(p)), P_TUT)
+    assert np.isfinite(value)
+    assert rel_err(grad, fd) < 1e-6
+
+
+@pytest.mark.parametrize("field", ["x", "eq_dual"])
+def test_tutorial_jacobians_fwd_rev_match_fd(field):
+    fun = lambda p: getattr(tut_solution(p), field)  # noqa: E731
+    J_fwd = jax.jacfwd(fun)(P_TUT)
+    J_rev = jax.jacrev(fun)(P_TUT)
+    fd = fd_jacobian(lambda p: fun(jnp.asarray(p)), P_TUT)
+    assert rel_err(J_fwd, fd) < 1e-6
+    assert rel_err(J_rev, fd) < 1e-6
+
+
+def test_tutorial_hessian_matches_fd_of_gradient():
+    H = jax.hessian(tut_lagrangian)(P_TUT)
+    grad = jax.jit(jax.grad(tut_lagrangian))
+    fd = fd_jacobian(lambda p: grad(jnp.asarray(p)), P_TUT, eps=1e-5)
+    # FD of an implicit gradient: each gradient evaluation carries the solve's ~1e-10 error,
+    # divided by 2*eps=2e-5 -> ~1e-5 absolute noise on entries of size ~5e3, so 1e-6 relative holds.
+    assert rel_err(H, fd) < 1e-6
+    np.testing.assert_allclose(H, H.T, rtol=1e-8)
+
+
+# --- an active inequality: Euclidean projection onto a half-space (closed form) ----------------
+def proj_obj(x, p):
+    return 0.5 * jnp.sum((x - p["y"]) ** 2)
+
+
+def proj_ineq(x, p):
+    return jnp.atleast_1d(p["a"] @ x - p["b"])
+
+
+def test_active_inequality_matches_closed_form_and_fd():
+    params = {"y": jnp.array([1.0, 2.0, -0.5]), "a": jnp.array([1.0, 1.0, 0.5]), "b": jnp.array(1.0)}
+
+    def closed(params):
+        a, b, y = params["a"], params["b"], params["y"]
+        return y - jnp.maximum(a @ y - b, 0) / (a @ a) * a
+
+    fun = lambda prm: kb.solve_nlp(proj_obj, jnp.zeros(3), prm, ineq=proj_ineq, **TIGHT).x  # noqa: E731
+    sol = kb.solve_nlp(proj_obj, jnp.zeros(3), params, ineq=proj_ineq, **TIGHT)
+    assert float(sol.ineq_dual[0]) > 0.1  # strongly active
+    for key in params:
+        J = jax.jacrev(fun)(params)[key]
+        J_closed = jax.jacfwd(closed)(params)[key]
+        assert rel_err(J, J_closed) < 1e-6, key
+    Jy = jax.jacfwd(fun)(params)["y"]
+    fd = fd_jacobian(lambda y: fun({**params, "y": jnp.asarray(y)}), params["y"])
+    assert rel_err(Jy, fd) < 1e-6
+
+
+def test_weakly_active_inequality_gives_a_one_sided_derivative():
+    # min 0.5 (x - p)^2 s.t. x <= 0, at p = 0: x* = 0 and lambda* = 0 (weakly active).
+    # x*(p) = min(p, 0) has a kink at 0: left derivative 1, right derivative 0.
+    f = lambda x, p: 0.5 * jnp.sum((x - p) ** 2)  # noqa: E731
+    g = lambda x, p: x  # noqa: E731
+    fun = lambda p: kb.solve_nlp(f, jnp.ones(1), p, ineq=g, **TIGHT).x[0]  # noqa: E731
+    p0 = jnp.zeros(1)
+    d = float(jax.grad(fun)(p0)[0])
+    # One-sided differences taken on one branch each (not through the kink, where IPOPT's
+    # interior solution is only ~sqrt(tol)-accurate): they recover the closed forms 1 and 0.
+    h = 1e-3
+    left = (float(fun(p0 - h)) - float(fun(p0 - 2 * h))) / h
+    right = (float(fun(p0 + 2 * h)) - float(fun(p0 + h))) / h
+    assert abs(left - 1.0) < 1e-6 and abs(right) < 1e-6
+    assert np.isfinite(d)
+    assert min(abs(d - left), abs(d - right)) < 1e-6, (d, left, right)
+
+
+def rosen(x, p):
+    return (p[0] - x[0]) ** 2 + p[1] * (x[1] - x[0] ** 2) ** 2
+
+
+def disk(x, p):
+    return jnp.atleast_1d(x[0] ** 2 + x[1] ** 2 - p[2])
+
+
+def test_nonconvex_rosenbrock_with_active_disk_constraint():
+    p = jnp.array([1.0, 100.0, 0.5])  # unconstrained minimum (1, 1) lies outside the disk
+    fun = lambda p: kb.solve_nlp(rosen, jnp.zeros(2), p, ineq=disk, **TIGHT).x  # noqa: E731
+    sol = kb.solve_nlp(rosen, jnp.zeros(2), p, ineq=disk, **TIGHT)
+    assert int(sol.status) == 0 and float(sol.ineq_dual[0]) > 1e-3
+    J = jax.jacfwd(fun)(p)
+    fd = fd_jacobian(lambda q: fun(jnp.asarray(q)), p, eps=1e-6)
+    assert rel_err(J, fd) < 1e-6
+    assert rel_err(jax.jacrev(fun)(p), J) < 1e-10
+
+
+def test_bounds_and_their_multipliers_are_differentiable():
+    # min 0.5||x - y||^2 s.t. lower <= x <= upper: x* = clip(y, lower, upper).
+    f = lambda x, y: 0.5 * jnp.sum((x - y) ** 2)  # noqa: E731
+    y = jnp.array([2.0, -3.0, 0.2])
+    lo, up = jnp.array([-1.0, -1.0, -1.0]), jnp.array([1.0, 1.0, 1.0])
+    fun = lambda y, lo, up: kb.solve_nlp(f, jnp.zeros(3), y, lower=lo, upper=up, **TIGHT)  # noqa: E731
+    sol = fun(y, lo, up)
+    np.testing.assert_allclose(sol.x, jnp.clip(y, lo, up), atol=1e-8)
+    # Multipliers: z_U = max(y - up, 0), z_L = max(lo - y, 0).
+    np.testing.assert_allclose(sol.upper_dual, jnp.maximum(y - up, 0), atol=1e-7)
+    np.testing.assert_allclose(sol.lower_dual, jnp.maximum(lo - y, 0), atol=1e-7)
+    Jx_up = jax.jacfwd(lambda u: fun(y, lo, u).x)(up)
+    np.testing.assert_allclose(Jx_up, np.diag([1.0, 0.0, 0.0]), atol=1e-8)
+    Jzu_y = jax.jacrev(lambda v: fun(v, lo, up).upper_dual)(y)
+    np.testing.assert_allclose(Jzu_y, np.diag([1.0, 0.0, 0.0]), atol=1e-8)
+
+
+def test_pytree_x_and_params():
+    def f(x, p):
+        return 0.5 * jnp.sum((x["a"] - p["t"]) ** 2) + 0.5 * (x["b"] - p["s"]) ** 2
+
+    def g(x, p):
+        return jnp.atleast_1d(jnp.sum(x["a"]) + x["b"] - 1.0)
+
+    x0 = {"a": jnp.zeros(2), "b": jnp.array(0.0)}
+    p = {"t": jnp.array([1.0, 1.0]), "s": jnp.array(1.0)}
+    fun = lambda p: kb.solve_nlp(f, x0, p, ineq=g, **TIGHT).x  # noqa: E731
+    x = fun(p)
+    np.testing.assert_allclose(x["a"], [1 / 3, 1 / 3], atol=1e-8)
+    J = jax.jacrev(fun)(p)
+    # Projection onto sum(z) <= 1 (active): dz/dy = I - 11^T/3.
+    expected = np.eye(3) - 1.0 / 3
+    np.testing.assert_allclose(J["a"]["t"], expected[:2, :2], atol=1e-8)
+    np.testing.assert_allclose(J["b"]["s"], expected[2, 2], atol=1e-8)
+
+
+def test_jit_vmap_grad_over_16_nlps_equals_loop():
+    rng = np.random.default_rng(3)
+    ps = jnp.asarray(np.stack([rng.uniform(0.5, 1.5, 16), rng.uniform(50, 150, 16), rng.uniform(0.3, 0.8, 16)], 1))
+
+    def loss(p):
+        return jnp.sum(kb.solve_nlp(rosen, jnp.zeros(2), p, ineq=disk, **TIGHT).x ** 2)
+
+    batched = jax.jit(jax.vmap(jax.grad(loss)))(ps)
+    loop = np.stack([jax.grad(loss)(p) for p in ps])
+    np.testing.assert_allclose(batched, loop, rtol=1e-8, atol=1e-10)
+
+
+# --- failures ---------------------------------------------------------------------------------
+def _infeasible():
+    f = lambda x, p: jnp.sum(x**2)  # noqa: E731
+    g = lambda x, p: jnp.array([x[0] - p, p + 1.0 - x[0]])  # x <= p and x >= p + 1  # noqa: E731
+    return f, g
+
+
+def test_infeasible_raises_solver_error():
+    f, g = _infeasible()
+    with pytest.raises(kb.SolverError, match="ipopt: INFEASIBLE"):
+        kb.solve_nlp(f, jnp.zeros(1), jnp.array(0.0), ineq=g)
+
+
+def test_iteration_limit_raises_and_nan_mode_returns_status():
+    with pytest.raises(kb.SolverError, match="MAX_ITER"):
+        kb.solve_nlp(rosen, jnp.zeros(2), jnp.array([1.0, 100.0, 0.5]), ineq=disk, max_iter=2)
+    sol = kb.solve_nlp(rosen, jnp.zeros(2), jnp.array([1.0, 100.0, 0.5]), ineq=disk, max_iter=2, on_failure="nan")
+    assert int(sol.status) == int(kb.Status.MAX_ITER)
+    assert np.all(np.isnan(sol.x)) and np.all(np.isnan(sol.ineq_dual))
+
+
+def test_failure_under_jit_raises_and_nan_mode_works_in_vmap():
+    f, g = _infeasible()
+    with pytest.raises(Exception, match="INFEASIBLE"):
+        jax.jit(lambda p: kb.solve_nlp(f, jnp.zeros(1), p, ineq=g).x)(jnp.array(0.0)).block_until_ready()
+    sols = jax.vmap(lambda p: kb.solve_nlp(rosen, jnp.zeros(2), p, ineq=disk, on_failure="nan", **TIGHT))(
+        jnp.array([[1.0, 100.0, 0.5], [1.0, 100.0, -1.0]])  # second: empty disk -> infeasible
+    )
+    assert int(sols.status[0]) == 0 and int(sols.status[1]) == int(kb.Status.INFEASIBLE)
+    assert np.all(np.isfinite(sols.x[0])) and np.all(np.isnan(sols.x[1]))
+
+
+def test_unbounded_is_reported():
+    f = lambda x, p: -p * x[0]  # noqa: E731
+    with pytest.raises(kb.SolverError, match="ipopt: (UNBOUNDED|MAX_ITER|NUMERICAL_ERROR)"):
+        kb.solve_nlp(f, jnp.zeros(1), jnp.array(1.0), max_iter=200)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"objective": "nope"}, "objective: expected a callable"),
+        ({"x0": jnp.zeros(0)}, "x0: expected at least one variable"),
+        ({"params": jnp.array([1.0, jnp.nan, 0.5])}, "params: contains NaN"),
+        ({"lower": jnp.ones(2), "upper": jnp.zeros(2)}, "lower, upper: lower must be <= upper"),
+        ({"upper": jnp.zeros(3)}, r"upper: expected a scalar or an array with 2 entries"),
+        ({"ineq": lambda x, p: jnp.zeros((2, 2))}, "ineq: must return a scalar or 1-D array"),
+        ({"objective": lambda x, p: x}, "objective: must return a scalar"),
+        ({"solver": "nosuch"}, "solver: unknown solver 'nosuch'"),
+        ({"solver": "osqp"}, "solver: 'osqp' solves qp problems, not nlp"),
+        ({"on_failure": "ignore"}, "on_failure: expected one of"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(kwargs, match):
+    call = {"objective": rosen, "x0": jnp.zeros(2), "params": jnp.array([1.0, 100.0, 0.5]), "ineq": disk}
+    call.update(kwargs)
+    objective, x0, params = call.pop("objective"), call.pop("x0"), call.pop("params")
+    with pytest.raises(ValueError, match=match):
+        kb.solve_nlp(objective, x0, params, **call)
