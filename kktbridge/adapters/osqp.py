@@ -126,7 +126,7 @@ class OSQPAdapter(Adapter):
                 solver.warm_start(x=d["x0"], y=d.get("y0", np.zeros(m)))
             elif prev is not None:
                 solver.warm_start(x=prev[0], y=prev[1])
-            res = solver.solve()
+            res = solver.solve(raise_error=False)  # statuses are mapped, not raised
             status = self.map_status(int(res.info.status_val))
             if status.ok:
                 prev = (res.x, res.y)

@@ -1,0 +1,166 @@
+"""solve_qp (OSQP): derivatives vs finite differences and cvxpylayers, batching, failures, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import kktbridge as kb
+from tests.bridges._fd import fd_jacobian, rel_err
+
+NAMES = ("P", "q", "A", "b", "G", "h")
+
+
+def random_qp(seed: int, n: int = 4, m_eq: int = 1, m_ineq: int = 4):
+    """A strictly convex QP with some active and some inactive inequalities (nondegenerate)."""
+    rng = np.random.default_rng(seed)
+    M = rng.normal(size=(n, n))
+    P = M @ M.T + np.eye(n)
+    A = rng.normal(size=(m_eq, n))
+    G = rng.normal(size=(m_ineq, n))
+    # Choose a primal-dual point, then set data so that it is the KKT point with a known active set.
+    x = rng.normal(size=n)
+    nu = rng.normal(size=m_eq)
+    active = np.arange(m_ineq) < (m_ineq + 1) // 2
+    lam = np.where(active, rng.uniform(0.5, 2.0, m_ineq), 0.0)
+    slack = np.where(active, 0.0, rng.uniform(0.5, 2.0, m_ineq))
+    q = -(P @ x + A.T @ nu + G.T @ lam)
+    return dict(P=P, q=q, A=A, b=A @ x, G=G, h=G @ x + slack)
+
+
+def flat_solution(data):
+    s = kb.solve_qp(**data)
+    return jnp.concatenate([s.x, s.eq_dual, s.ineq_dual])
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000))
+def test_random_qp_jacobians_match_finite_differences(seed):
+    data = random_qp(seed)
+    fun = jax.jit(lambda d: flat_solution(d))
+    J_rev = jax.jacrev(fun)({k: jnp.asarray(v) for k, v in data.items()})
+    J_fwd = jax.jacfwd(fun)({k: jnp.asarray(v) for k, v in data.items()})
+    for name in NAMES:
+        def f(v, name=name):
+            return fun({**data, name: jnp.asarray(v)})
+
+        fd = fd_jacobian(f, data[name], symmetric_matrix=(name == "P"))
+        J = np.asarray(J_rev[name])
+        if name == "P":
+            # Derivatives w.r.t. P are those of a function of its symmetric part: compare along
+            # symmetric perturbations E_ij + E_ji, i.e. J_ij + J_ji (off-diagonal), J_ii (diagonal).
+            J = J + np.swapaxes(J, -1, -2) - J * np.eye(J.shape[-1])
+        assert rel_err(J, fd) < 1e-6, name
+        assert rel_err(J_fwd[name], J_rev[name]) < 1e-9, name
+
+
+def test_qp_gradients_match_cvxpylayers():
+    cp = pytest.importorskip("cvxpy")
+    cl = pytest.importorskip("cvxpylayers.jax")
+    data = random_qp(7, n=5, m_eq=2, m_ineq=6)
+    n, m_eq, m_ineq = 5, 2, 6
+    x = cp.Variable(n)
+    q, b, h = cp.Parameter(n), cp.Parameter(m_eq), cp.Parameter(m_ineq)
+    L = np.linalg.cholesky(data["P"])
+    prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(L.T @ x) + q @ x), [data["A"] @ x == b, data["G"] @ x <= h])
+    layer = cl.CvxpyLayer(prob, parameters=[q, b, h], variables=[x])
+    w = jnp.arange(1.0, n + 1)
+
+    def loss_ref(q, b, h):
+        (xs,) = layer(q, b, h, solver_args={"eps": 1e-10, "max_iters": 100000})
+        return jnp.vdot(w, xs)
+
+    def loss_kb(q, b, h):
+        return jnp.vdot(w, kb.solve_qp(data["P"], q, data["A"], b, data["G"], h).x)
+
+    args = tuple(jnp.asarray(data[k]) for k in ("q", "b", "h"))
+    g_ref = jax.grad(loss_ref, argnums=(0, 1, 2))(*args)
+    g_kb = jax.grad(loss_kb, argnums=(0, 1, 2))(*args)
+    # cvxpylayers solves with SCS (first-order); at eps=1e-10 it agrees to ~1e-7.
+    for a, b_ in zip(g_kb, g_ref):
+        assert rel_err(a, b_) < 1e-5
+
+
+def test_redundant_equalities_give_finite_min_norm_derivatives():
+    data = random_qp(11, n=4, m_eq=1, m_ineq=2)
+    data["A"] = np.vstack([data["A"], data["A"]])  # duplicated row: LICQ fails, duals not unique
+    data["b"] = np.concatenate([data["b"], data["b"]])
+    fun = jax.jit(lambda q: kb.solve_qp(data["P"], q, data["A"], data["b"], data["G"], data["h"]))
+    Jx = jax.jacrev(lambda q: fun(q).x)(jnp.asarray(data["q"]))
+    Jnu = jax.jacfwd(lambda q: fun(q).eq_dual)(jnp.asarray(data["q"]))
+    assert np.all(np.isfinite(Jx)) and np.all(np.isfinite(Jnu))
+    fd = fd_jacobian(lambda q: fun(jnp.asarray(q)).x, data["q"])
+    assert rel_err(Jx, fd) < 1e-6
+    # Minimum-norm choice splits the multiplier change equally between the two copies.
+    np.testing.assert_allclose(Jnu[0], Jnu[1], atol=1e-8)
+
+
+def test_jit_vmap_grad_over_64_qps_equals_loop():
+    data = random_qp(5, n=6, m_eq=2, m_ineq=5)
+    qs = jnp.asarray(np.random.default_rng(0).normal(size=(64, 6)))
+
+    def loss(q):
+        s = kb.solve_qp(data["P"], q, data["A"], data["b"], data["G"], data["h"])
+        return jnp.sum(s.x**2) + jnp.sum(s.ineq_dual)
+
+    batched = jax.jit(jax.vmap(jax.grad(loss)))(qs)
+    loop = np.stack([jax.jit(jax.grad(loss))(q) for q in qs[:16]])
+    np.testing.assert_allclose(batched[:16], loop, rtol=1e-8, atol=1e-10)
+    # Batched matrices too (setup reused per thread with matrix updates).
+    Ps = jnp.stack([jnp.asarray(data["P"]) * (1 + 0.1 * i) for i in range(8)])
+    xs = jax.vmap(lambda P: kb.solve_qp(P, data["q"], data["A"], data["b"], data["G"], data["h"]).x)(Ps)
+    for i in range(8):
+        x_i = kb.solve_qp(Ps[i], data["q"], data["A"], data["b"], data["G"], data["h"]).x
+        np.testing.assert_allclose(xs[i], x_i, atol=1e-8)
+
+
+def test_hessian_of_loss_matches_fd_of_gradient():
+    data = random_qp(2)
+    loss = lambda h: jnp.sum(kb.solve_qp(data["P"], data["q"], data["A"], data["b"], data["G"], h).x ** 3)  # noqa: E731
+    H = jax.hessian(loss)(jnp.asarray(data["h"]))
+    grad = jax.jit(jax.grad(loss))
+    fd = fd_jacobian(lambda h: grad(jnp.asarray(h)), data["h"], eps=1e-5)
+    assert rel_err(H, fd) < 1e-6
+
+
+def test_infinite_h_means_no_constraint():
+    data = random_qp(4)
+    h = np.array(data["h"])
+    h[-1] = np.inf
+    s = kb.solve_qp(data["P"], data["q"], data["A"], data["b"], data["G"], h)
+    assert float(s.ineq_dual[-1]) == 0.0
+    J = jax.jacrev(lambda q: kb.solve_qp(data["P"], q, data["A"], data["b"], data["G"], h).x)(jnp.asarray(data["q"]))
+    assert np.all(np.isfinite(J))
+
+
+def test_infeasible_and_unbounded_raise():
+    P, q = np.eye(1), np.zeros(1)
+    G, h = np.array([[1.0], [-1.0]]), np.array([-1.0, -1.0])  # x <= -1 and x >= 1
+    with pytest.raises(kb.SolverError, match="osqp: INFEASIBLE"):
+        kb.solve_qp(P, q, G=G, h=h)
+    with pytest.raises(kb.SolverError, match="osqp: UNBOUNDED"):
+        kb.solve_qp(np.zeros((1, 1)), np.ones(1), G=np.array([[1.0]]), h=np.array([1.0]))
+    s = kb.solve_qp(P, q, G=G, h=h, on_failure="nan")
+    assert int(s.status) == int(kb.Status.INFEASIBLE) and np.isnan(s.x).all()
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"P": np.ones((2, 3))}, "P: expected a square"),
+        ({"P": np.array([[1.0, 2.0], [0.0, 1.0]])}, "P: expected a symmetric matrix"),
+        ({"q": np.array([np.nan, 1.0])}, "q: contains NaN"),
+        ({"q": np.ones(3)}, r"q: expected shape \(2\)"),
+        ({"b": np.ones(2)}, r"b: expected shape \(1\)"),
+        ({"G": np.ones((1, 3))}, r"G: expected shape \(\?, 2\)"),
+        ({"h": None}, "G, h: give both"),
+        ({"A": np.array([[np.inf, 1.0]])}, "A: contains inf"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(change, match):
+    args = dict(P=np.eye(2), q=np.ones(2), A=np.ones((1, 2)), b=np.ones(1), G=np.eye(2), h=np.ones(2))
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        kb.solve_qp(**args)
