@@ -1,0 +1,116 @@
+r"""The conic residual map whose root is the primal-dual solution of a cone program.
+
+Problem (SCS standard form) and its dual:
+
+.. math::
+
+   \min_x\ c^\top x \ \ \text{s.t.}\ \ Ax + s = b,\ s \in K
+   \qquad\qquad
+   \max_y\ -b^\top y \ \ \text{s.t.}\ \ A^\top y + c = 0,\ y \in K^*.
+
+Optimality: ``Ax + s = b``, ``Aᵀy + c = 0``, ``s ∈ K``, ``y ∈ K*``, ``sᵀy = 0``. The three cone
+conditions are encoded by one vector ``v = y - s``: by Moreau's decomposition for ``K*``
+(``v = Π_{K*}(v) - Π_K(-v)`` with orthogonal parts), ``y ∈ K*, s ∈ K, y ⊥ s`` holds iff
+``y = Π_{K*}(v)`` and ``s = Π_{K*}(v) - v``. Hence the *reduced residual*
+
+.. math::
+
+   F(x, v;\ A, b, c) = \begin{bmatrix} A^\top \Pi_{K^*}(v) + c \\ Ax + \Pi_{K^*}(v) - v - b \end{bmatrix}
+
+vanishes exactly at primal-dual solutions, and ``x, y, s`` are differentiable functions of
+``(A, b, c)`` by the implicit function theorem applied to ``F`` (``n + m`` equations in
+``n + m`` unknowns).
+
+Relation to diffcp (Agrawal et al., 2019, "Differentiating through a cone program"). diffcp uses
+the homogeneous self-dual embedding: ``u = (x, y, τ)``, ``v_h = (0, s, κ)``, ``z = u - v_h``,
+``Q = [[0, Aᵀ, c], [-A, 0, b], [-cᵀ, -bᵀ, 0]]`` and
+
+.. math::  \mathcal N(z, Q) = \big((Q - I)\,\Pi(z) + z\big) / |w|, \qquad \Pi = \Pi_{\mathbb R^n \times K^* \times \mathbb R_+},
+
+with ``w = τ - κ``. At a solution ``τ = 1, κ = 0`` so ``z = (x, v, 1)`` and ``Π(z) = (x, y, 1)``;
+since ``Π(z) - z = (0, s, 0)``, ``𝒩 = (Aᵀy + c,\ b - Ax - s,\ -cᵀx - bᵀy)``: the first two blocks
+are ``F`` (second block negated) and the third is the duality gap, which equals ``yᵀs`` given
+the first two blocks and is therefore already zero by the Moreau construction. ``𝒩`` is
+positively homogeneous of degree 0 in ``z``, so its Jacobian annihilates the ray direction ``z``
+and diffcp resolves that with a least-squares solve; fixing ``τ = 1`` removes exactly that
+direction, leaving the square system ``∂F`` whose solution gives the same derivatives of
+``x, y, s`` (it is diffcp's system restricted to ``dw = 0``). :func:`hsde_residual` is provided
+for checking this correspondence.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kktbridge.core._cones import ConeSpec, cone_projection, parse_cone
+
+__all__ = ["ConicPoint", "conic_residual_map", "to_embedding", "from_embedding", "hsde_residual"]
+
+
+class ConicPoint(NamedTuple):
+    """Unknowns of the reduced residual: primal ``x`` (n,) and ``v = y - s`` (m,)."""
+
+    x: jax.Array
+    v: jax.Array
+
+
+def to_embedding(x: jax.Array, y: jax.Array, s: jax.Array) -> ConicPoint:
+    """``(x, y, s) ↦ (x, v = y - s)`` (the ``τ = 1`` slice of diffcp's ``z = (x, y - s, τ - κ)``)."""
+    return ConicPoint(jnp.asarray(x), jnp.asarray(y) - jnp.asarray(s))
+
+
+def from_embedding(z: ConicPoint, cone: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(x, v) ↦ (x, y, s)`` with ``y = Π_{K*}(v)`` and ``s = y - v`` (Moreau)."""
+    proj_dual = cone_projection(cone, dual=True)
+    y = proj_dual(z.v)
+    return z.x, y, y - z.v
+
+
+def conic_residual_map(cone: Any) -> Callable[[ConicPoint, jax.Array, jax.Array, jax.Array], ConicPoint]:
+    """Return ``F(z, A, b, c)``, the reduced conic residual (see module docstring).
+
+    The result is usable directly with :func:`~kktbridge.core._implicit.implicit_solution`::
+
+        F = conic_residual_map(cone)
+        z = implicit_solution(F, to_embedding(x, y, s), (A, b, c))
+        x, y, s = from_embedding(z, cone)
+
+    Args:
+      cone: SCS cone dictionary (static) or :class:`~kktbridge.core._cones.ConeSpec`.
+    """
+    spec: ConeSpec = parse_cone(cone)
+    proj_dual = cone_projection(spec, dual=True)
+
+    def residual(z: ConicPoint, A: jax.Array, b: jax.Array, c: jax.Array) -> ConicPoint:
+        y = proj_dual(z.v)
+        return ConicPoint(A.T @ y + c, A @ z.x + (y - z.v) - b)
+
+    return residual
+
+
+def hsde_residual(cone: Any) -> Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]:
+    """diffcp's normalised residual ``𝒩(z, Q) = ((Q - I)Π(z) + z)/|w|`` of the self-dual embedding.
+
+    ``z = (x, v, w)`` is a flat vector of length ``n + m + 1``. Provided for reference and tests:
+    the bridges differentiate the reduced residual of :func:`conic_residual_map` instead.
+    """
+    spec: ConeSpec = parse_cone(cone)
+    proj_dual = cone_projection(spec, dual=True)
+
+    def residual(z: jax.Array, A: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
+        m, n = A.shape
+        x, v, w = z[:n], z[n : n + m], z[n + m]
+        u = jnp.concatenate([x, proj_dual(v), jnp.maximum(w, 0.0)[None]])
+        Q = jnp.block(
+            [
+                [jnp.zeros((n, n), A.dtype), A.T, c[:, None]],
+                [-A, jnp.zeros((m, m), A.dtype), b[:, None]],
+                [-c[None, :], -b[None, :], jnp.zeros((1, 1), A.dtype)],
+            ]
+        )
+        return (Q @ u - u + z) / jnp.abs(w)
+
+    return residual

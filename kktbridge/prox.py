@@ -1,0 +1,26 @@
+"""Proximity operators (JAXopt-compatible ``prox_xxx(x, hyperparams=None, scaling=1.0)``).
+
+``scaling`` multiplies the regularisation strength: each function returns
+``argmin_y 0.5 ||y - x||^2 + scaling * g(y; hyperparams)``. Closed forms, differentiable with
+respect to ``x``, ``hyperparams`` and ``scaling``. See :mod:`kktbridge.core._prox` for the math.
+"""
+
+from kktbridge.core._prox import (
+    prox_elastic_net,
+    prox_group_lasso,
+    prox_lasso,
+    prox_non_negative_lasso,
+    prox_non_negative_ridge,
+    prox_none,
+    prox_ridge,
+)
+
+__all__ = [
+    "prox_none",
+    "prox_lasso",
+    "prox_non_negative_lasso",
+    "prox_elastic_net",
+    "prox_ridge",
+    "prox_non_negative_ridge",
+    "prox_group_lasso",
+]
