@@ -1,4 +1,39 @@
-from kktbridge.core._implicit import custom_fixed_point, custom_root, root_jvp, root_vjp, implicit_solution
-from kktbridge.core._status import Status, SolverError
-from kktbridge.bridges._nlp import solve_nlp, NLPSolution
-from kktbridge.bridges._qp import solve_qp, QPSolution
+"""kktbridge: differentiable solutions of external optimization solvers in JAX.
+
+Derivatives of a solver's primal-dual solution come from the implicit function theorem applied to
+the problem's optimality conditions; the solver itself is never differentiated.
+"""
+
+from kktbridge import linear_solve, optimality, projection, prox
+from kktbridge.adapters import available_solvers
+from kktbridge.bridges._conic import ConicSolution, solve_conic
+from kktbridge.bridges._nlp import NLPSolution, solve_nlp
+from kktbridge.bridges._qp import QPSolution, solve_qp
+from kktbridge.core._implicit import custom_fixed_point, custom_root, implicit_solution, root_jvp, root_vjp
+from kktbridge.core._kkt import KKTPoint, kkt_residual
+from kktbridge.core._status import SolverError, Status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConicSolution",
+    "KKTPoint",
+    "NLPSolution",
+    "QPSolution",
+    "SolverError",
+    "Status",
+    "available_solvers",
+    "custom_fixed_point",
+    "custom_root",
+    "implicit_solution",
+    "kkt_residual",
+    "linear_solve",
+    "optimality",
+    "projection",
+    "prox",
+    "root_jvp",
+    "root_vjp",
+    "solve_conic",
+    "solve_nlp",
+    "solve_qp",
+]
