@@ -23,7 +23,7 @@ import numpy as np
 
 from kktbridge.core._status import SolverError, Status
 
-__all__ = ["Adapter", "HostSolution", "call_adapter", "thread_pool", "num_workers"]
+__all__ = ["Adapter", "ChunkedAdapter", "HostSolution", "call_adapter", "thread_pool", "num_workers"]
 
 
 @dataclass
@@ -106,6 +106,34 @@ class Adapter(abc.ABC):
         if len(batch) == 1:
             return [self.solve_one(batch[0], options)]
         return list(thread_pool().map(lambda d: self.solve_one(d, options), batch))
+
+
+class ChunkedAdapter(Adapter):
+    """An adapter that reuses one solver setup across consecutive instances of a batch.
+
+    A batch is cut into one contiguous chunk per worker thread; :meth:`solve_chunk` solves a chunk
+    with a single setup/factorisation, updating only what differs between instances.
+    """
+
+    @abc.abstractmethod
+    def solve_chunk(
+        self, batch: Sequence[dict[str, np.ndarray]], shared: frozenset, options: Mapping[str, Any]
+    ) -> list[HostSolution]:
+        """Solve consecutive instances, reusing the setup; ``shared`` as in :meth:`solve_batch`."""
+
+    def reuses_setup(self, shared: frozenset) -> bool:
+        """Whether a chunk can share one setup given which arrays are shared by the batch."""
+        return True
+
+    def solve_one(self, data: dict[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
+        return self.solve_chunk([data], frozenset(), options)[0]
+
+    def solve_batch(self, batch, shared, options):
+        if len(batch) == 1 or not self.reuses_setup(shared):
+            return super().solve_batch(batch, shared, options)
+        parts = chunks(len(batch), num_workers())
+        results = thread_pool().map(lambda r: self.solve_chunk([batch[i] for i in r], shared, options), parts)
+        return [sol for part in results for sol in part]
 
 
 def call_adapter(

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from kktbridge.adapters._base import Adapter, HostSolution, chunks, num_workers, thread_pool
+from kktbridge.adapters._base import ChunkedAdapter, HostSolution
 from kktbridge.core._status import Status
 
 # osqp.SolverStatus values (OSQP >= 1.0).
@@ -65,24 +65,14 @@ def _csc(M: np.ndarray, rows: np.ndarray, cols: np.ndarray):
     return sp.csc_matrix((M[rows, cols], rows, indptr), shape=shape)
 
 
-class OSQPAdapter(Adapter):
+class OSQPAdapter(ChunkedAdapter):
     """OSQP. Data: ``P, q, A, b, G, h`` (dense; absent groups have zero rows), optional ``x0, y0``."""
 
     name: ClassVar[str] = "osqp"
     kind: ClassVar[str] = "qp"
     status_map: ClassVar[Mapping[int, Status]] = _STATUS
 
-    def solve_one(self, data: dict[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
-        return self._solve_chunk([data], frozenset(), options)[0]
-
-    def solve_batch(self, batch, shared, options):
-        if len(batch) == 1:
-            return [self.solve_one(batch[0], options)]
-        parts = chunks(len(batch), num_workers())
-        results = thread_pool().map(lambda r: self._solve_chunk([batch[i] for i in r], shared, options), parts)
-        return [sol for part in results for sol in part]
-
-    def _solve_chunk(self, batch: Sequence[dict], shared: frozenset, options: Mapping[str, Any]) -> list[HostSolution]:
+    def solve_chunk(self, batch: Sequence[dict], shared: frozenset, options: Mapping[str, Any]) -> list[HostSolution]:
         import osqp
 
         settings = {**DEFAULT_OPTIONS, **options}

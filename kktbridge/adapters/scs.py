@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 
-from kktbridge.adapters._base import Adapter, HostSolution, chunks, num_workers, thread_pool
+from kktbridge.adapters._base import ChunkedAdapter, HostSolution
 from kktbridge.core._status import Status
 
 # SCS 3.x ``info["status_val"]`` codes (``scs.SOLVED`` etc.; include/glbopts.h).
@@ -58,26 +58,18 @@ def _failed(n: int, m: int, status: Status, why: Any) -> HostSolution:
     return HostSolution({"x": nan(n), "y": nan(m), "s": nan(m)}, status, 0, why)
 
 
-class SCSAdapter(Adapter):
+class SCSAdapter(ChunkedAdapter):
     """SCS. Data: ``A, b, c`` (dense), optional ``x0, y0, s0``; ``options["cone"]`` is the cone dict."""
 
     name: ClassVar[str] = "scs"
     kind: ClassVar[str] = "conic"
     status_map: ClassVar[Mapping[int, Status]] = _STATUS
 
-    def solve_one(self, data: dict[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
-        return self._solve_chunk([data], frozenset(), options)[0]
+    def reuses_setup(self, shared: frozenset) -> bool:
+        # SCS can update b and c in place, but a new A needs a new factorisation.
+        return "A" in shared
 
-    def solve_batch(self, batch, shared, options):
-        if len(batch) == 1:
-            return [self.solve_one(batch[0], options)]
-        if "A" not in shared:
-            return list(thread_pool().map(lambda d: self.solve_one(d, options), batch))
-        parts = chunks(len(batch), num_workers())
-        results = thread_pool().map(lambda r: self._solve_chunk([batch[i] for i in r], shared, options), parts)
-        return [sol for part in results for sol in part]
-
-    def _solve_chunk(self, batch: Sequence[dict], shared: frozenset, options: Mapping[str, Any]) -> list[HostSolution]:
+    def solve_chunk(self, batch: Sequence[dict], shared: frozenset, options: Mapping[str, Any]) -> list[HostSolution]:
         """Solve instances sharing ``A`` with one SCS workspace (or one instance)."""
         import scs
 
