@@ -7,6 +7,7 @@ the problem's optimality conditions; the solver itself is never differentiated.
 from kktbridge import linear_solve, optimality, projection, prox
 from kktbridge.adapters import available_solvers
 from kktbridge.bridges._conic import ConicSolution, solve_conic
+from kktbridge.bridges._cvxpy import CvxpyLayer
 from kktbridge.bridges._nlp import NLPSolution, solve_nlp
 from kktbridge.bridges._qp import QPSolution, solve_qp
 from kktbridge.core._implicit import custom_fixed_point, custom_root, implicit_solution, root_jvp, root_vjp
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConicSolution",
+    "CvxpyLayer",
     "KKTPoint",
     "NLPSolution",
     "QPSolution",
