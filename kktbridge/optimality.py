@@ -7,7 +7,11 @@
   :func:`projected_gradient_fixed_point`, :func:`mirror_descent_fixed_point`,
   :func:`newton_fixed_point`, :func:`newton_root_fixed_point`,
   :func:`block_proximal_gradient_fixed_point`.
+* Conic programs: :func:`conic_residual_map` / :class:`ConicPoint` (the ``τ = 1`` slice of the
+  homogeneous self-dual embedding residual, as differentiated by diffcp).
 """
+
+from kktbridge.core._conic import ConicPoint, conic_residual_map
 
 from kktbridge.core._optimality import (
     KKTPoint,
@@ -35,4 +39,6 @@ __all__ = [
     "newton_fixed_point",
     "newton_root_fixed_point",
     "block_proximal_gradient_fixed_point",
+    "conic_residual_map",
+    "ConicPoint",
 ]

@@ -175,6 +175,9 @@ def solve_nlp(
         raise ValueError(f"objective: must return a scalar, got shape {getattr(out, 'shape', out)}")
     m_eq = _constraint_size("eq", eq, x0, params)
     m_ineq = _constraint_size("ineq", ineq, x0, params)
+    # Bound rows enter the KKT system only for the bounds actually given (a static choice), so an
+    # unbounded problem keeps its n + m_eq + m_ineq unknowns rather than n more per side.
+    has_lower, has_upper = lower is not None, upper is not None
     lower = _bound("lower", lower, n, -jnp.inf, dtype)
     upper = _bound("upper", upper, n, jnp.inf, dtype)
     if is_concrete(lower, upper) and np.any(np.asarray(lower) > np.asarray(upper)):
@@ -200,28 +203,30 @@ def solve_nlp(
         xf = ravel_pytree(x)[0]
         parts = [jnp.ravel(ineq(x, p))] if ineq is not None else []
         # Infinite bounds become the constant inactive row -1 <= 0 (no inf arithmetic in the KKT system).
-        upper_rows = jnp.where(jnp.isfinite(up), xf - up, -1.0)
-        lower_rows = jnp.where(jnp.isfinite(lo), lo - xf, -1.0)
-        return jnp.concatenate(parts + [upper_rows, lower_rows])
+        if has_upper:
+            parts.append(jnp.where(jnp.isfinite(up), xf - up, -1.0))
+        if has_lower:
+            parts.append(jnp.where(jnp.isfinite(lo), lo - xf, -1.0))
+        return jnp.concatenate(parts) if parts else jnp.zeros((0,), xf.dtype)
 
     F = kkt_residual(
         lambda x, theta: objective(x, theta[0]),
         (lambda x, theta: jnp.ravel(eq(x, theta[0]))) if eq is not None else None,
         ineq_all,
     )
-    z = KKTPoint(
-        unravel_x(values["x"]),
-        values["eq_dual"],
-        jnp.concatenate([values["ineq_dual"], values["upper_dual"], values["lower_dual"]]),
-    )
+    duals = [values["ineq_dual"]] + [values["upper_dual"]] * has_upper + [values["lower_dual"]] * has_lower
+    z = KKTPoint(unravel_x(values["x"]), values["eq_dual"], jnp.concatenate(duals))
     z = implicit_solution(F, z, ((params, lower, upper),), solve)
     lam = z.ineq_dual
+    # Absent bounds: IPOPT reports 0 (NaN after a failure with on_failure="nan"), a constant.
+    upper_dual = lam[m_ineq : m_ineq + n] if has_upper else values["upper_dual"]
+    lower_dual = lam[m_ineq + n * has_upper :] if has_lower else values["lower_dual"]
     return NLPSolution(
         x=z.x,
         eq_dual=z.eq_dual,
         ineq_dual=lam[:m_ineq],
-        lower_dual=lam[m_ineq + n :],
-        upper_dual=lam[m_ineq : m_ineq + n],
+        lower_dual=lower_dual,
+        upper_dual=upper_dual,
         objective=objective(z.x, params),
         status=status,
         iterations=iters,
