@@ -14,6 +14,7 @@ from kktbridge.adapters._base import Adapter, HostSolution, call_adapter
 
 # name -> (module, class). One line per solver.
 _REGISTRY: dict[str, tuple[str, str]] = {
+    "clarabel": ("kktbridge.adapters.clarabel", "ClarabelAdapter"),
     "ipopt": ("kktbridge.adapters.ipopt", "IpoptAdapter"),
     "osqp": ("kktbridge.adapters.osqp", "OSQPAdapter"),
     "scs": ("kktbridge.adapters.scs", "SCSAdapter"),

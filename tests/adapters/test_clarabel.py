@@ -1,0 +1,236 @@
+"""Clarabel adapter: same solutions and derivatives as SCS (and cvxpy), statuses, options, vmap.
+
+Both solvers feed the same residual map (``kktbridge.core._conic``), so once each returns the same
+primal-dual point their IFT derivatives must agree; finite differences check them independently.
+Test problems have a known, unique, strictly complementary solution: draw ``x*``, ``v``, set
+``y* = Π_{K*}(v)``, ``s* = y* - v``, ``b = Ax* + s*``, ``c = -Aᵀy*``, and redraw until the IFT
+Jacobian is well conditioned (otherwise derivatives, and even ``y*``, are not unique).
+"""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import kktbridge
+from kktbridge.adapters import available_solvers, get_adapter
+from kktbridge.adapters.clarabel import ClarabelAdapter, _psd_perm
+from kktbridge.bridges._conic import solve_conic
+from kktbridge.core._cones import cone_projection, parse_cone, psd_vec
+from kktbridge.core._conic import ConicPoint, conic_residual_map
+from kktbridge.core._status import Status
+
+clarabel = pytest.importorskip("clarabel")
+
+#: SCS reference tolerance: converges to ~1e-12 on these small, well-conditioned problems.
+SCS_TIGHT = dict(eps_abs=1e-12, eps_rel=1e-12)
+
+CONES = {
+    "lp": {"l": 6},
+    "socp": {"z": 1, "l": 2, "q": [4]},
+    "exp": {"l": 2, "ep": 1, "ed": 1},  # ed exercises the dual-exponential rewrite
+    "psd": {"l": 1, "s": [3]},
+    "pow": {"l": 2, "p": [0.3, -0.6]},  # -0.6 exercises the dual-power rewrite
+}
+N = 3
+
+
+def make_problem(cone, seed, n=N):
+    """Random conic program with known, unique, strictly complementary solution."""
+    rng = np.random.default_rng(seed)
+    m = parse_cone(cone).dim
+    F = conic_residual_map(cone)
+    proj_dual = jax.jit(cone_projection(cone, dual=True))
+    jac = jax.jit(jax.jacfwd(lambda z, A, b, c: jnp.concatenate(F(ConicPoint(z[:n], z[n:]), A, b, c))))
+    for _ in range(100):
+        A = rng.standard_normal((m, n))
+        v = rng.standard_normal(m)
+        x = rng.standard_normal(n)
+        y = np.asarray(proj_dual(v))
+        s = y - v
+        b, c = A @ x + s, -A.T @ y
+        if np.linalg.cond(jac(np.concatenate([x, v]), A, b, c)) < 1e3:
+            return A, b, c, (x, y, s)
+    raise RuntimeError("could not draw a well-conditioned problem")
+
+
+def cvxpy_objective(A, b, c, cone):
+    """Optimal value through cvxpy's default conic path with SCS's cone semantics spelled out."""
+    m, n = A.shape
+    x = cp.Variable(n)
+    s = b - A @ x
+    spec = parse_cone(cone)
+    cons, i = [], 0
+    if spec.z:
+        cons.append(s[i : i + spec.z] == 0)
+        i += spec.z
+    if spec.l:
+        cons.append(s[i : i + spec.l] >= 0)
+        i += spec.l
+    for k in spec.q:
+        cons.append(cp.SOC(s[i], s[i + 1 : i + k]))
+        i += k
+    for k in spec.s:
+        X = cp.Variable((k, k), symmetric=True)
+        rows, cols = np.triu_indices(k)  # cols >= rows: (col, row) is the lower entry, column-wise
+        for t, (jj, ii) in enumerate(zip(rows, cols)):
+            cons.append(s[i + t] == (1.0 if ii == jj else np.sqrt(2.0)) * X[ii, jj])
+        cons.append(X >> 0)
+        i += k * (k + 1) // 2
+    for _ in range(spec.ep):
+        cons.append(cp.constraints.ExpCone(s[i], s[i + 1], s[i + 2]))
+        i += 3
+    for _ in range(spec.ed):  # (u, v, w) in K_exp^*  <=>  (u - v, -u, w) in K_exp (substitution)
+        u, v_, w = s[i], s[i + 1], s[i + 2]
+        cons.append(cp.constraints.ExpCone(u - v_, -u, w))
+        i += 3
+    for a in spec.p:
+        if a > 0:
+            cons.append(cp.constraints.PowCone3D(s[i], s[i + 1], s[i + 2], a))
+        else:
+            a = -a
+            cons.append(cp.constraints.PowCone3D(s[i] / a, s[i + 1] / (1 - a), s[i + 2], a))
+        i += 3
+    prob = cp.Problem(cp.Minimize(c @ x), cons)
+    prob.solve(solver="SCS", eps_abs=1e-10, eps_rel=1e-10, max_iters=200_000)
+    return prob.value
+
+
+def test_registered_as_conic():
+    assert "clarabel" in available_solvers("conic")
+    assert isinstance(get_adapter("clarabel", kind="conic"), ClarabelAdapter)
+
+
+def test_every_clarabel_status_is_mapped():
+    names = [k for k in dir(clarabel.SolverStatus) if not k.startswith("_")]
+    assert len(names) >= 12
+    adapter = ClarabelAdapter()
+    for k in names:
+        assert k in adapter.status_map, k
+        assert adapter.map_status(getattr(clarabel.SolverStatus, k)) == adapter.status_map[k]
+    assert adapter.map_status(clarabel.SolverStatus.Solved) == Status.SOLVED
+    assert adapter.map_status(clarabel.SolverStatus.PrimalInfeasible) == Status.INFEASIBLE
+    assert adapter.map_status(clarabel.SolverStatus.DualInfeasible) == Status.UNBOUNDED
+    assert adapter.map_status("SomethingNew") == Status.FAILED
+
+
+def test_psd_permutation_matches_clarabel_upper_triangle():
+    # Clarabel's order: upper triangle column-major = (0,0),(0,1),(1,1),(0,2),(1,2),(2,2),...
+    n = 4
+    X = np.arange(1.0, n * n + 1).reshape(n, n)
+    X = X + X.T
+    scs = np.asarray(psd_vec(jnp.asarray(X)))
+    upper = [X[i, j] * (1.0 if i == j else np.sqrt(2.0)) for j in range(n) for i in range(j + 1)]
+    np.testing.assert_array_equal(scs[_psd_perm(n)], upper)
+
+
+#: Solution tolerance per cone, measured with the default options (gap 1e-14, feasibility 1e-12):
+#: LP/SOCP/exp iterates are within ~1e-9 of the truth, PSD within ~3e-8 and power cones only
+#: within ~2e-6, because an interior point's last iterate approaches a curved, non-symmetric
+#: cone's boundary like the square root of its gap.
+SOL_ATOL = {"lp": 1e-7, "socp": 1e-7, "exp": 1e-7, "psd": 1e-6, "pow": 1e-5}
+
+
+@pytest.mark.parametrize("name", list(CONES))
+def test_solution_matches_known_optimum_scs_and_cvxpy(name):
+    cone = CONES[name]
+    A, b, c, truth = make_problem(cone, seed=1)
+    sol = solve_conic(A, b, c, cone, solver="clarabel")
+    ref = solve_conic(A, b, c, cone, solver="scs", **SCS_TIGHT)
+    assert Status(int(sol.status)).ok
+    for got, want, scs in zip(sol[:3], truth, ref[:3]):
+        np.testing.assert_allclose(got, want, atol=SOL_ATOL[name])
+        np.testing.assert_allclose(got, scs, atol=SOL_ATOL[name])
+    # cvxpy (SCS backend at 1e-10, independent cone bookkeeping): same optimal value.
+    np.testing.assert_allclose(c @ sol.x, cvxpy_objective(A, b, c, cone), atol=1e-6, rtol=1e-6)
+
+
+def _jacobians(cone, A, b, c, solver, **opts):
+    f = lambda A, b, c: jnp.concatenate(solve_conic(A, b, c, cone, solver=solver, **opts)[:3])  # noqa: E731
+    return jax.jit(jax.jacrev(f, argnums=(0, 1, 2)))(A, b, c)
+
+
+#: Jacobian agreement with SCS: both use the same residual map, so the difference is the
+#: solution difference times the IFT system's conditioning (< 1e3): ~1e-8 measured except for
+#: power cones (up to 5e-6, from Clarabel's ~2e-6 power-cone solution error, see SOL_ATOL).
+JAC_TOL = {"lp": 1e-6, "socp": 1e-6, "exp": 1e-6, "psd": 1e-6, "pow": 2e-5}
+
+
+@pytest.mark.parametrize("name", list(CONES))
+def test_jacobians_match_scs(name):
+    cone = CONES[name]
+    A, b, c, _ = make_problem(cone, seed=3)
+    ours = _jacobians(cone, A, b, c, "clarabel")
+    ref = _jacobians(cone, A, b, c, "scs", **SCS_TIGHT)
+    for k, key in enumerate("Abc"):
+        np.testing.assert_allclose(ours[k], ref[k], atol=JAC_TOL[name], rtol=JAC_TOL[name], err_msg=f"d/d{key}")
+
+
+@pytest.mark.parametrize("name", ["lp", "socp", "exp"])
+def test_jacobians_match_central_differences(name):
+    cone = CONES[name]
+    A, b, c, _ = make_problem(cone, seed=3)
+    ours = _jacobians(cone, A, b, c, "clarabel")
+    solve = lambda A, b, c: np.concatenate([np.asarray(u) for u in solve_conic(A, b, c, cone, solver="clarabel")[:3]])  # noqa: E731
+    h = 1e-5
+
+    def fd(fun, x):
+        cols = []
+        for idx in np.ndindex(*x.shape):
+            e = np.zeros_like(x)
+            e[idx] = h
+            cols.append((fun(x + e) - fun(x - e)) / (2 * h))
+        return np.stack(cols, axis=-1).reshape((-1,) + x.shape)
+
+    refs = (fd(lambda A_: solve(A_, b, c), A), fd(lambda b_: solve(A, b_, c), b), fd(lambda c_: solve(A, b, c_), c))
+    for k, key in enumerate("Abc"):
+        # Central differences: O(h^2) ~ 1e-10 truncation plus solution error (~1e-10) / h ~ 1e-5
+        # on these cones, hence 1e-4 (the tight check is the agreement with SCS above).
+        np.testing.assert_allclose(ours[k], refs[k], atol=1e-4, rtol=1e-4, err_msg=f"d/d{key}")
+
+
+@pytest.mark.parametrize(
+    "A, b, c, word",
+    [
+        ([[1.0], [-1.0]], [-1.0, -1.0], [1.0], "INFEASIBLE"),  # x <= -1 and x >= 1
+        ([[1.0]], [1.0], [1.0], "UNBOUNDED"),  # min x s.t. x <= 1
+    ],
+)
+def test_infeasible_and_unbounded_raise(A, b, c, word):
+    cone = {"l": len(b)}
+    with pytest.raises(kktbridge.SolverError, match=f"clarabel: {word}"):
+        solve_conic(jnp.array(A), jnp.array(b), jnp.array(c), cone, solver="clarabel")
+    sol = solve_conic(jnp.array(A), jnp.array(b), jnp.array(c), cone, solver="clarabel", on_failure="nan")
+    assert int(sol.status) == Status[word]
+    assert np.all(np.isnan(sol.x))
+
+
+def test_vmap_over_b_equals_loop():
+    cone = CONES["socp"]
+    A, b, c, _ = make_problem(cone, seed=2)
+    bs = jnp.stack([b, b + 0.01, b - 0.02])
+    f = jax.jit(jax.vmap(lambda b: solve_conic(A, b, c, cone, solver="clarabel").x))
+    xs = f(bs)
+    for i in range(3):
+        np.testing.assert_allclose(xs[i], solve_conic(A, bs[i], c, cone, solver="clarabel").x, atol=1e-12)
+
+
+def test_options_nonfinite_and_unknown():
+    A, b, c, _ = make_problem(CONES["lp"], seed=1)
+    adapter = ClarabelAdapter()
+    cone = CONES["lp"]
+    bad = adapter.solve_one({"A": A, "b": np.where(np.arange(len(b)) == 0, np.nan, b), "c": c}, {"cone": cone})
+    assert bad.status == Status.INVALID_PROBLEM and "non-finite" in bad.native_status
+    unk = adapter.solve_one({"A": A, "b": b, "c": c}, {"cone": cone, "not_an_option": 1})
+    assert unk.status == Status.INVALID_PROBLEM and "not_an_option" in unk.native_status
+    wrong = adapter.solve_one({"A": A, "b": b, "c": c}, {"cone": cone, "max_iter": "many"})
+    assert wrong.status == Status.INVALID_PROBLEM and "max_iter" in wrong.native_status
+    # A real option passes through: one iteration cannot converge.
+    one = adapter.solve_one({"A": A, "b": b, "c": c}, {"cone": cone, "max_iter": 1})
+    assert one.status == Status.MAX_ITER and one.native_status == "MaxIterations"
+    # Outside jit the bridge only sees the status code, so the message names the status.
+    with pytest.raises(kktbridge.SolverError, match="clarabel: INVALID_PROBLEM"):
+        solve_conic(A, b, c, cone, solver="clarabel", not_an_option=1)
