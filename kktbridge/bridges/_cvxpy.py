@@ -66,6 +66,11 @@ class _SparseMap(NamedTuple):
     vals: np.ndarray
     size: int
 
+    def rows_slice(self, lo: int, hi: int) -> "_SparseMap":
+        """The sub-map producing outputs ``lo:hi`` (so that slice depends only on its own parameters)."""
+        keep = (self.rows >= lo) & (self.rows < hi)
+        return _SparseMap(self.rows[keep] - lo, self.cols[keep], self.vals[keep], hi - lo)
+
     def __call__(self, theta: jax.Array) -> jax.Array:
         if self.vals.size == 0:
             return jnp.zeros((self.size,), theta.dtype)
@@ -433,13 +438,21 @@ class CvxpyLayer:
             raise ValueError(f"params: batched parameters have different batch sizes {sizes}")
         return arrays, batched, (sizes[0] if sizes else None)
 
-    def _theta(self, params: Sequence[jax.Array]) -> jax.Array:
-        """Flat parameter vector ``θ̄`` (cvxpy's column order, column-major flattening, then 1)."""
+    def _theta(self, params: Sequence[jax.Array], used_by: Optional[_SparseMap] = None) -> jax.Array:
+        """Flat parameter vector ``θ̄`` (cvxpy's column order, column-major flattening, then 1).
+
+        With ``used_by``, only the parameters that map reads are filled in (the others stay zero,
+        which the map ignores). Each block of solver data then depends only on its own
+        parameters, so under ``vmap`` a block fed by unbatched parameters (typically ``P`` and
+        the constraint matrix) stays unbatched and the solver can reuse its factorisation.
+        """
         c = self._canon
         dtype = jnp.result_type(*params) if params else jnp.result_type(float)
         theta = jnp.zeros((c.total + 1,), dtype).at[c.total].set(1.0)
         for value, slot in zip(params, self._param_slots):
             if slot.start < 0:
+                continue
+            if used_by is not None and not np.any((used_by.cols >= slot.start) & (used_by.cols < slot.start + slot.size)):
                 continue
             v = jnp.log(value) if slot.log else value
             flat = v[slot.triu] if slot.triu is not None else jnp.ravel(v, order="F")
@@ -451,17 +464,18 @@ class CvxpyLayer:
         from kktbridge.bridges._qp import solve_qp
 
         c = self._canon
-        theta = self._theta(params)
-        q = c.q_map(theta)[: c.n]
-        AB = jnp.reshape(c.ab_map(theta), (c.m, c.n + 1), order="F")
-        A, b = AB[:, : c.n], AB[:, c.n]
+        q = c.q_map(self._theta(params, c.q_map))[: c.n]
+        # [A b] is stored column-major: A is the first m*n outputs, b the last m.
+        a_map, b_map = c.ab_map.rows_slice(0, c.m * c.n), c.ab_map.rows_slice(c.m * c.n, c.m * (c.n + 1))
+        A = jnp.reshape(a_map(self._theta(params, a_map)), (c.m, c.n), order="F")
+        b = b_map(self._theta(params, b_map))
         z = c.n_zero
         if c.path == "qp":
             if c.p_map is not None:
-                P = jnp.reshape(c.p_map(theta), (c.n, c.n), order="F")
+                P = jnp.reshape(c.p_map(self._theta(params, c.p_map)), (c.n, c.n), order="F")
                 P = 0.5 * (P + P.T)  # cvxpy stores the full symmetric P; this only removes roundoff
             else:
-                P = jnp.zeros((c.n, c.n), theta.dtype)
+                P = jnp.zeros((c.n, c.n), q.dtype)
             # Rows of A x + b ∈ {0}^z × R_+^l:  A_z x = -b_z,  -A_l x ≤ b_l.
             sol = solve_qp(P, q, A[:z], -b[:z], -A[z:], b[z:], solver=self.solver, **options)
             # cvxpy's QP interface reports OSQP's multipliers (ν, λ) as the duals of these rows
