@@ -11,9 +11,10 @@
   homogeneous self-dual embedding residual, as differentiated by diffcp).
 """
 
-from kktbridge.core._conic import ConicPoint, conic_residual_map
 
 from kktbridge.core._optimality import (
+    ConicPoint,
+    conic_residual_map,
     KKTPoint,
     block_proximal_gradient_fixed_point,
     gradient_descent_fixed_point,

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from kktbridge.core._conic import ConicPoint, conic_residual_map
 from kktbridge.core._kkt import KKTPoint, kkt_residual
 
 PyTree = Any
@@ -48,6 +49,8 @@ __all__ = [
     "newton_fixed_point",
     "newton_root_fixed_point",
     "block_proximal_gradient_fixed_point",
+    "conic_residual_map",
+    "ConicPoint",
 ]
 
 #: Name of the KKT residual in the catalog (Table 1); the single implementation is
