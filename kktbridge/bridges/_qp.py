@@ -138,8 +138,10 @@ def solve_qp(
     stop = jax.lax.stop_gradient
     data = dict(zip("P q A b G h".split(), map(stop, args)))
     if warm_start is not None:
-        data["x0"] = as_array("warm_start[0]", warm_start[0], shape=(n,))
-        data["y0"] = as_array("warm_start[1]", warm_start[1], shape=(m_eq + m_ineq,))
+        if not isinstance(warm_start, (tuple, list)) or len(warm_start) != 2:
+            raise ValueError("warm_start: expected a tuple (x0, y0)")
+        data["x0"] = stop(as_array("warm_start[0]", warm_start[0], shape=(n,)))
+        data["y0"] = stop(as_array("warm_start[1]", warm_start[1], shape=(m_eq + m_ineq,)))
     spec = {
         "x": jax.ShapeDtypeStruct((n,), P.dtype),
         "eq_dual": jax.ShapeDtypeStruct((m_eq,), P.dtype),

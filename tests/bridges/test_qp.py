@@ -164,3 +164,24 @@ def test_bad_input_raises_value_error_naming_the_argument(change, match):
     args.update(change)
     with pytest.raises(ValueError, match=match):
         kb.solve_qp(**args)
+
+
+def test_warm_start_gives_the_same_solution_and_is_not_differentiated():
+    data = random_qp(9)
+    cold = kb.solve_qp(**data)
+    y0 = jnp.concatenate([cold.eq_dual, cold.ineq_dual])
+    warm = kb.solve_qp(**data, warm_start=(cold.x, y0))
+    np.testing.assert_allclose(warm.x, cold.x, atol=1e-9)
+    assert int(warm.iterations) <= int(cold.iterations)
+
+    # A warm start computed from the parameters themselves must not leak derivatives.
+    def x_warm(q):
+        return kb.solve_qp(data["P"], q, data["A"], data["b"], data["G"], data["h"], warm_start=(-q, y0)).x
+
+    def x_cold(q):
+        return kb.solve_qp(data["P"], q, data["A"], data["b"], data["G"], data["h"]).x
+
+    q = jnp.asarray(data["q"])
+    np.testing.assert_allclose(jax.jacrev(x_warm)(q), jax.jacrev(x_cold)(q), atol=1e-9)
+    with pytest.raises(ValueError, match="warm_start: expected a tuple"):
+        kb.solve_qp(**data, warm_start=cold.x)
