@@ -9,7 +9,6 @@ Jacobian is well conditioned (otherwise derivatives, and even ``y*``, are not un
 
 from __future__ import annotations
 
-import cvxpy as cp
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,9 +18,10 @@ import kktbridge
 from kktbridge.adapters import available_solvers, get_adapter
 from kktbridge.adapters.clarabel import ClarabelAdapter, _psd_perm
 from kktbridge.bridges._conic import solve_conic
-from kktbridge.core._cones import cone_projection, parse_cone, psd_vec
-from kktbridge.core._conic import ConicPoint, conic_residual_map
+from kktbridge.core._cones import psd_vec
 from kktbridge.core._status import Status
+from tests._conic_problems import cvxpy_reference
+from tests._conic_problems import make_problem as _shared_make_problem
 
 clarabel = pytest.importorskip("clarabel")
 
@@ -39,64 +39,12 @@ N = 3
 
 
 def make_problem(cone, seed, n=N):
-    """Random conic program with known, unique, strictly complementary solution."""
-    rng = np.random.default_rng(seed)
-    m = parse_cone(cone).dim
-    F = conic_residual_map(cone)
-    proj_dual = jax.jit(cone_projection(cone, dual=True))
-    jac = jax.jit(jax.jacfwd(lambda z, A, b, c: jnp.concatenate(F(ConicPoint(z[:n], z[n:]), A, b, c))))
-    for _ in range(100):
-        A = rng.standard_normal((m, n))
-        v = rng.standard_normal(m)
-        x = rng.standard_normal(n)
-        y = np.asarray(proj_dual(v))
-        s = y - v
-        b, c = A @ x + s, -A.T @ y
-        if np.linalg.cond(jac(np.concatenate([x, v]), A, b, c)) < 1e3:
-            return A, b, c, (x, y, s)
-    raise RuntimeError("could not draw a well-conditioned problem")
+    return _shared_make_problem(cone, seed, n)
 
 
 def cvxpy_objective(A, b, c, cone):
-    """Optimal value through cvxpy's default conic path with SCS's cone semantics spelled out."""
-    m, n = A.shape
-    x = cp.Variable(n)
-    s = b - A @ x
-    spec = parse_cone(cone)
-    cons, i = [], 0
-    if spec.z:
-        cons.append(s[i : i + spec.z] == 0)
-        i += spec.z
-    if spec.l:
-        cons.append(s[i : i + spec.l] >= 0)
-        i += spec.l
-    for k in spec.q:
-        cons.append(cp.SOC(s[i], s[i + 1 : i + k]))
-        i += k
-    for k in spec.s:
-        X = cp.Variable((k, k), symmetric=True)
-        rows, cols = np.triu_indices(k)  # cols >= rows: (col, row) is the lower entry, column-wise
-        for t, (jj, ii) in enumerate(zip(rows, cols)):
-            cons.append(s[i + t] == (1.0 if ii == jj else np.sqrt(2.0)) * X[ii, jj])
-        cons.append(X >> 0)
-        i += k * (k + 1) // 2
-    for _ in range(spec.ep):
-        cons.append(cp.constraints.ExpCone(s[i], s[i + 1], s[i + 2]))
-        i += 3
-    for _ in range(spec.ed):  # (u, v, w) in K_exp^*  <=>  (u - v, -u, w) in K_exp (substitution)
-        u, v_, w = s[i], s[i + 1], s[i + 2]
-        cons.append(cp.constraints.ExpCone(u - v_, -u, w))
-        i += 3
-    for a in spec.p:
-        if a > 0:
-            cons.append(cp.constraints.PowCone3D(s[i], s[i + 1], s[i + 2], a))
-        else:
-            a = -a
-            cons.append(cp.constraints.PowCone3D(s[i] / a, s[i + 1] / (1 - a), s[i + 2], a))
-        i += 3
-    prob = cp.Problem(cp.Minimize(c @ x), cons)
-    prob.solve(solver="SCS", eps_abs=1e-10, eps_rel=1e-10, max_iters=200_000)
-    return prob.value
+    """Optimal value through cvxpy + SCS with SCS's cone semantics spelled out."""
+    return cvxpy_reference(A, b, c, cone, "SCS", eps_abs=1e-10, eps_rel=1e-10, max_iters=200_000)[2]
 
 
 def test_registered_as_conic():

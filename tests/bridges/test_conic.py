@@ -8,7 +8,6 @@ derivatives do not exist) are redrawn, so every Jacobian below is well defined.
 
 from __future__ import annotations
 
-import cvxpy as cp
 import diffcp
 import jax
 import jax.numpy as jnp
@@ -17,8 +16,10 @@ import pytest
 import scipy.sparse as sp
 
 from kktbridge.bridges._conic import ConicSolution, solve_conic
-from kktbridge.core._cones import cone_projection, parse_cone, psd_mat
-from kktbridge.core._conic import ConicPoint, conic_residual_map, hsde_residual
+from tests._conic_problems import cvxpy_reference
+from tests._conic_problems import make_problem as _shared_make_problem
+from kktbridge.core._cones import psd_mat
+from kktbridge.core._conic import hsde_residual
 from kktbridge.core._status import SolverError, Status
 
 #: SCS tolerances for reference solves: SCS then converges to ~1e-12, which finite differences
@@ -36,63 +37,13 @@ N = 3
 
 
 def make_problem(cone, seed, n=N):
-    """Random conic program with known, unique, strictly complementary solution."""
-    rng = np.random.default_rng(seed)
-    spec = parse_cone(cone)
-    m = spec.dim
-    F = conic_residual_map(cone)
-    proj_dual = jax.jit(cone_projection(cone, dual=True))
-    jac = jax.jit(jax.jacfwd(lambda z, A, b, c: jnp.concatenate(F(ConicPoint(z[:n], z[n:]), A, b, c))))
-    for _ in range(100):
-        A = rng.standard_normal((m, n))
-        v = rng.standard_normal(m)
-        x = rng.standard_normal(n)
-        y = np.asarray(proj_dual(v))
-        s = y - v
-        b, c = A @ x + s, -A.T @ y
-        J = jac(np.concatenate([x, v]), A, b, c)
-        if np.linalg.cond(J) < 1e3:
-            return A, b, c, (x, y, s)
-    raise RuntimeError("could not draw a well-conditioned problem")
+    return _shared_make_problem(cone, seed, n)
 
 
 def cvxpy_solve(A, b, c, cone):
     """Same problem through cvxpy + Clarabel (independent of SCS and of kktbridge's cones)."""
-    m, n = A.shape
-    x = cp.Variable(n)
-    s = b - A @ x
-    cons, i = [], 0
-    spec = parse_cone(cone)
-    if spec.z:
-        cons.append(s[i : i + spec.z] == 0)
-        i += spec.z
-    if spec.l:
-        cons.append(s[i : i + spec.l] >= 0)
-        i += spec.l
-    for k in spec.q:
-        cons.append(cp.SOC(s[i], s[i + 1 : i + k]))
-        i += k
-    for k in spec.s:
-        # SCS vectorisation: lower triangle column-wise, off-diagonals scaled by sqrt(2).
-        X = cp.Variable((k, k), symmetric=True)
-        r, col = np.triu_indices(k)  # (col, row) pairs of the lower triangle, column by column
-        for t, (jj, ii) in enumerate(zip(r, col)):
-            scale = 1.0 if ii == jj else np.sqrt(2.0)
-            cons.append(s[i + t] == scale * X[ii, jj])
-        cons.append(X >> 0)
-        i += k * (k + 1) // 2
-    for _ in range(spec.ep):
-        cons.append(cp.constraints.ExpCone(s[i], s[i + 1], s[i + 2]))
-        i += 3
-    for a in spec.p:
-        if a > 0:
-            cons.append(cp.constraints.PowCone3D(s[i], s[i + 1], s[i + 2], a))
-        else:  # dual power cone: (u/a, v/(1-a), w) in the primal power cone
-            a = -a
-            cons.append(cp.constraints.PowCone3D(s[i] / a, s[i + 1] / (1 - a), s[i + 2], a))
-        i += 3
-    cp.Problem(cp.Minimize(c @ x), cons).solve(solver="CLARABEL", tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
-    return x.value, np.asarray(s.value)
+    x, s, _ = cvxpy_reference(A, b, c, cone, "CLARABEL", tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    return x, s
 
 
 @pytest.mark.parametrize("name", list(CONES))
