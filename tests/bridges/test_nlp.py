@@ -237,3 +237,20 @@ def test_bad_input_raises_value_error_naming_the_argument(kwargs, match):
     objective, x0, params = call.pop("objective"), call.pop("x0"), call.pop("params")
     with pytest.raises(ValueError, match=match):
         kb.solve_nlp(objective, x0, params, **call)
+
+
+def test_licq_failure_gives_finite_minimum_norm_derivatives():
+    # The same active constraint twice: multipliers are not unique (LICQ fails); x* is.
+    f = lambda x, p: 0.5 * jnp.sum((x - p) ** 2)  # noqa: E731
+    g = lambda x, p: jnp.array([x[0] + x[1] - 1.0, x[0] + x[1] - 1.0])  # noqa: E731
+    p = jnp.array([1.0, 2.0])
+    fun = lambda p: kb.solve_nlp(f, jnp.zeros(2), p, ineq=g, **TIGHT)  # noqa: E731
+    Jx = jax.jacfwd(lambda p: fun(p).x)(p)
+    Jlam = jax.jacrev(lambda p: fun(p).ineq_dual)(p)
+    # Projection onto x0 + x1 <= 1 (active): dx/dp = I - 11^T/2.
+    np.testing.assert_allclose(Jx, np.eye(2) - 0.5, atol=1e-8)
+    assert np.all(np.isfinite(Jlam))
+    # The total multiplier λ1 + λ2 = (p0 + p1 - 1)/2 is identified; the minimum-norm choice
+    # splits its derivative equally between the two copies.
+    np.testing.assert_allclose(Jlam.sum(0), [0.5, 0.5], atol=1e-6)
+    np.testing.assert_allclose(Jlam[0], Jlam[1], atol=1e-6)
