@@ -14,7 +14,7 @@ import pytest
 
 import kktbridge as kb
 from kktbridge.bridges._cvxpy import CvxpyLayer
-from tests.bridges._fd import fd_jacobian, rel_err
+from tests._fd import fd_jacobian, rel_err
 
 cvxpylayers_jax = pytest.importorskip("cvxpylayers.jax")
 RefLayer = cvxpylayers_jax.CvxpyLayer

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kktbridge as kb
-from tests.bridges._fd import fd_jacobian, rel_err
+from tests._fd import fd_jacobian, rel_err
 
 TIGHT = {"tol": 1e-12}
 

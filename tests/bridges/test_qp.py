@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kktbridge as kb
-from tests.bridges._fd import fd_jacobian, rel_err
+from tests._fd import fd_jacobian, rel_err
 
 NAMES = ("P", "q", "A", "b", "G", "h")
 

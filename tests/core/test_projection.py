@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests._fd import fd_jacobian_wrt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -54,20 +56,7 @@ def euclid(x):
 
 def fd_jacobian(fun, args, argnum, h=FD_H):
     """Central-difference Jacobian of ``fun(*args)`` w.r.t. ``args[argnum]`` (jacfwd layout)."""
-    args = [np.asarray(a, dtype=np.float64) for a in args]
-    base = args[argnum]
-    out_shape = np.shape(fun(*args))
-    cols = []
-    for k in range(base.size):
-        e = np.zeros(base.size)
-        e[k] = h
-        plus = list(args)
-        minus = list(args)
-        plus[argnum] = base + e.reshape(base.shape)
-        minus[argnum] = base - e.reshape(base.shape)
-        cols.append((np.asarray(fun(*plus)) - np.asarray(fun(*minus))) / (2 * h))
-    jac = np.stack(cols, axis=-1) if cols else np.zeros(out_shape + (0,))
-    return jac.reshape(out_shape + base.shape)
+    return fd_jacobian_wrt(fun, args, argnum, eps=h)
 
 
 def check_jacobians(fun, args, argnums=None, rtol=JAC_RTOL, atol=JAC_ATOL, h=FD_H):

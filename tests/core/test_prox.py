@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from tests._fd import fd_jacobian_wrt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -54,18 +56,8 @@ CASES = {
 
 
 def fd_jacobian(fun, args, argnum, h=FD_H):
-    args = [np.asarray(a, dtype=np.float64) for a in args]
-    base = args[argnum]
-    out_shape = np.shape(fun(*args))
-    cols = []
-    for k in range(base.size):
-        e = np.zeros(base.size)
-        e[k] = h
-        plus, minus = list(args), list(args)
-        plus[argnum] = base + e.reshape(base.shape)
-        minus[argnum] = base - e.reshape(base.shape)
-        cols.append((np.asarray(fun(*plus)) - np.asarray(fun(*minus))) / (2 * h))
-    return np.stack(cols, axis=-1).reshape(out_shape + base.shape)
+    """Central-difference Jacobian of ``fun(*args)`` w.r.t. ``args[argnum]`` (jacfwd layout)."""
+    return fd_jacobian_wrt(fun, args, argnum, eps=h)
 
 
 def check_jacobians(fun, args):

@@ -26,3 +26,13 @@ def fd_jacobian(fun, x, eps: float = 1e-6, symmetric_matrix: bool = False):
 def rel_err(a, b) -> float:
     a, b = np.asarray(a), np.asarray(b)
     return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+
+
+def fd_jacobian_wrt(fun, args, argnum: int, eps: float = 1e-6):
+    """Central-difference Jacobian of ``fun(*args)`` w.r.t. ``args[argnum]`` (jacfwd layout)."""
+    args = [np.asarray(a, dtype=np.float64) for a in args]
+
+    def partial(v):
+        return fun(*args[:argnum], v, *args[argnum + 1 :])
+
+    return fd_jacobian(partial, args[argnum], eps=eps)
