@@ -142,6 +142,7 @@ def call_adapter(
     out_spec: Mapping[str, jax.ShapeDtypeStruct],
     options: Mapping[str, Any],
     raise_on_failure: bool,
+    native_sink: Optional[list] = None,
 ) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
     """Run ``adapter`` on the host from JAX, batching over any leading ``vmap`` axes.
 
@@ -153,6 +154,8 @@ def call_adapter(
       raise_on_failure: raise :class:`SolverError` from the host when an instance fails. Used
         only where the bridge cannot inspect the status itself (inside ``jit``/``vmap``), in which
         case JAX reports it wrapped in its runtime error.
+      native_sink: a list that receives the native status of every failed instance. Only for
+        eager calls (the callback runs once); a compiled callback would append on every run.
 
     Returns:
       ``(values, status, iterations)``; ``status`` and ``iterations`` are ``int32`` scalars per
@@ -175,6 +178,8 @@ def call_adapter(
         shared = frozenset(k for k, ld in zip(names, lead) if int(np.prod(ld, dtype=int)) == 1)
         batch = [{k: flat[j][i] for j, k in enumerate(names)} for i in range(size)]
         results = adapter.solve_batch(batch, shared, options)
+        if native_sink is not None:
+            native_sink.extend(r.native_status for r in results if not r.status.ok)
         if raise_on_failure:
             for r in results:
                 if not r.status.ok:

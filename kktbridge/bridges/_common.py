@@ -64,7 +64,30 @@ def check_finite(name: str, arr: Any, allow_inf: bool = False) -> None:
         raise ValueError(f"{name}: contains {what} at index {tuple(int(i) for i in np.argwhere(bad)[0])}")
 
 
-def finalize(solver: str, values: Mapping[str, Any], status: jax.Array, on_failure: str) -> dict:
+def run_adapter(
+    adapter: Any,
+    data: Mapping[str, jax.Array],
+    spec: Mapping[str, jax.ShapeDtypeStruct],
+    options: Mapping[str, Any],
+    on_failure: str,
+) -> tuple[dict, jax.Array, jax.Array]:
+    """Call ``adapter`` on ``data`` (already ``stop_gradient``-ed) and apply the failure policy.
+
+    Eager calls (concrete data, which includes eager ``grad``/``jacfwd``, whose ``stop_gradient``-ed
+    inputs are concrete) raise :class:`SolverError` here with the solver's native status; inside
+    ``jit``/``vmap`` the host callback raises instead.
+    """
+    from kktbridge.adapters import call_adapter
+
+    eager = is_concrete(data)
+    sink: Optional[list] = [] if eager else None
+    values, status, iters = call_adapter(adapter, data, spec, options, on_failure == "raise" and not eager, sink)
+    return finalize(adapter.name, values, status, on_failure, sink), status, iters
+
+
+def finalize(
+    solver: str, values: Mapping[str, Any], status: jax.Array, on_failure: str, native: Optional[list] = None
+) -> dict:
     """Apply the failure policy to a solve's outputs.
 
     ``"raise"``: if the status is concrete and any instance failed, raise :class:`SolverError`
@@ -75,7 +98,7 @@ def finalize(solver: str, values: Mapping[str, Any], status: jax.Array, on_failu
         codes = np.atleast_1d(np.asarray(status))
         failed = [Status(int(c)) for c in codes if not Status(int(c)).ok]
         if failed:
-            raise SolverError(solver, failed[0])
+            raise SolverError(solver, failed[0], native[0] if native else None)
     if on_failure == "nan":
         ok = (status == int(Status.SOLVED)) | (status == int(Status.SOLVED_INACCURATE))
 

@@ -22,8 +22,8 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from kktbridge.adapters import call_adapter, get_adapter
-from kktbridge.bridges._common import as_array, check_on_failure, finalize, is_concrete
+from kktbridge.adapters import get_adapter
+from kktbridge.bridges._common import as_array, check_on_failure, run_adapter
 from kktbridge.core._cones import parse_cone
 from kktbridge.core._conic import ConicPoint, conic_residual_map, from_embedding
 from kktbridge.core._implicit import implicit_solution
@@ -118,10 +118,8 @@ def solve_conic(
         data["y0"] = stop(as_array("warm_start[1]", warm_start[1], shape=(m,)))
         data["s0"] = stop(as_array("warm_start[2]", warm_start[2], shape=(m,)))
     spec_out = {k: jax.ShapeDtypeStruct((d,), A.dtype) for k, d in (("x", n), ("y", m), ("s", m))}
-    raise_in_host = on_failure == "raise" and not is_concrete(args)
     opts = {**options, "cone": spec.as_dict()}
-    values, status, iters = call_adapter(adapter, data, spec_out, opts, raise_in_host)
-    values = finalize(adapter.name, values, status, on_failure)
+    values, status, iters = run_adapter(adapter, data, spec_out, opts, on_failure)
     z = ConicPoint(values["x"], values["y"] - values["s"])
     z = implicit_solution(conic_residual_map(spec), z, (A, b, c), solve)
     x, y, s = from_embedding(z, spec)

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from kktbridge.adapters import call_adapter, get_adapter
-from kktbridge.bridges._common import as_array, check_on_failure, finalize, is_concrete
+from kktbridge.adapters import get_adapter
+from kktbridge.bridges._common import as_array, check_on_failure, is_concrete, run_adapter
 from kktbridge.core._implicit import implicit_solution
 from kktbridge.core._kkt import KKTPoint, kkt_residual
 
@@ -193,9 +193,7 @@ def solve_nlp(
         "lower_dual": jax.ShapeDtypeStruct((n,), dtype),
         "upper_dual": jax.ShapeDtypeStruct((n,), dtype),
     }
-    raise_in_host = on_failure == "raise" and not is_concrete(x0_flat, p_flat, lower, upper)
-    values, status, iters = call_adapter(adapter, data, spec, {**options, "oracles": oracles}, raise_in_host)
-    values = finalize(adapter.name, values, status, on_failure)
+    values, status, iters = run_adapter(adapter, data, spec, {**options, "oracles": oracles}, on_failure)
 
     # Bounds as inequalities so one KKT residual covers them: rows (x - u) then (l - x).
     def ineq_all(x, theta):

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kktbridge.adapters import call_adapter, get_adapter
-from kktbridge.bridges._common import as_array, check_on_failure, finalize, is_concrete
+from kktbridge.adapters import get_adapter
+from kktbridge.bridges._common import as_array, check_on_failure, is_concrete, run_adapter
 from kktbridge.core._implicit import implicit_solution
 from kktbridge.core._kkt import KKTPoint, kkt_residual
 
@@ -147,9 +147,7 @@ def solve_qp(
         "eq_dual": jax.ShapeDtypeStruct((m_eq,), P.dtype),
         "ineq_dual": jax.ShapeDtypeStruct((m_ineq,), P.dtype),
     }
-    raise_in_host = on_failure == "raise" and not is_concrete(args)
-    values, status, iters = call_adapter(adapter, data, spec, options, raise_in_host)
-    values = finalize(adapter.name, values, status, on_failure)
+    values, status, iters = run_adapter(adapter, data, spec, options, on_failure)
     z = KKTPoint(values["x"], values["eq_dual"], values["ineq_dual"])
     z = implicit_solution(_QP_KKT, z, (args,), solve)
     return QPSolution(z.x, z.eq_dual, z.ineq_dual, status, iters)

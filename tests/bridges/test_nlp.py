@@ -187,8 +187,14 @@ def _infeasible():
 
 def test_infeasible_raises_solver_error():
     f, g = _infeasible()
-    with pytest.raises(kb.SolverError, match="ipopt: INFEASIBLE"):
+    with pytest.raises(kb.SolverError, match="ipopt: INFEASIBLE") as info:
         kb.solve_nlp(f, jnp.zeros(1), jnp.array(0.0), ineq=g)
+    # The solver's own status travels with the error (IPOPT: 2 = Infeasible_Problem_Detected).
+    assert info.value.solver == "ipopt" and info.value.status == kb.Status.INFEASIBLE
+    assert "native status: 2" in str(info.value)
+    # Eager differentiation raises the same typed error (its solver inputs are concrete).
+    with pytest.raises(kb.SolverError, match="ipopt: INFEASIBLE"):
+        jax.grad(lambda p: kb.solve_nlp(f, jnp.zeros(1), p, ineq=g).x[0])(jnp.array(0.0))
 
 
 def test_iteration_limit_raises_and_nan_mode_returns_status():
