@@ -8,14 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kktbridge.core._checks import is_concrete  # noqa: F401  (re-exported for the bridges)
 from kktbridge.core._status import SolverError, Status
 
 ON_FAILURE = ("raise", "nan")
 
 
-def is_concrete(*trees: Any) -> bool:
-    """True when no leaf is a JAX tracer (so values can be inspected in Python)."""
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
 
 
 def check_on_failure(on_failure: str) -> None:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kktbridge.core._checks import check_nonnegative, is_concrete
 from kktbridge.core._implicit import implicit_solution
 
 PyTree = Any
@@ -52,21 +53,6 @@ __all__ = [
     "projection_simplex_kl",
     "projection_non_negative_kl",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# Validation helpers (run only on concrete values)
-# --------------------------------------------------------------------------------------------
-
-
-def _concrete(*values: Any) -> bool:
-    """True when no leaf of ``values`` is a tracer, i.e. when value checks can be evaluated."""
-    return not any(isinstance(leaf, jax.core.Tracer) for v in values for leaf in jax.tree_util.tree_leaves(v))
-
-
-def _check_nonnegative(name: str, value: Any) -> None:
-    if _concrete(value) and np.any(np.asarray(value) < 0):
-        raise ValueError(f"{name}: expected a non-negative value, got {np.asarray(value)}")
 
 
 def _check_pair(name: str, hyperparams: Any, what: str) -> tuple:
@@ -108,7 +94,7 @@ def projection_box(x: PyTree, hyperparams: tuple) -> PyTree:
     if hyperparams is None:
         raise ValueError("hyperparams: projection_box needs (lower, upper), got None")
     lower, upper = _check_pair("projection_box", hyperparams, "(lower, upper)")
-    if _concrete(lower, upper):
+    if is_concrete(lower, upper):
         for lo, up in zip(jax.tree_util.tree_leaves(lower), jax.tree_util.tree_leaves(upper)):
             if np.any(np.asarray(lo) > np.asarray(up)):
                 raise ValueError("hyperparams: projection_box expects lower <= upper elementwise")
@@ -149,7 +135,7 @@ def projection_simplex(x: jax.Array, value: Any = 1.0) -> jax.Array:
     """
     if value is None:
         value = 1.0
-    _check_nonnegative("value", value)
+    check_nonnegative("value", value)
     x = _float(x)
     value = jnp.asarray(value, dtype=x.dtype)
     if value.ndim != 0:
@@ -169,7 +155,7 @@ def projection_l1_ball(x: jax.Array, radius: Any = 1.0) -> jax.Array:
     """
     if radius is None:
         radius = 1.0
-    _check_nonnegative("radius", radius)
+    check_nonnegative("radius", radius)
     x = _float(x)
     radius = jnp.asarray(radius, dtype=x.dtype)
     outside = jnp.sign(x) * projection_simplex(jnp.abs(x), radius)
@@ -185,7 +171,7 @@ def projection_l2_ball(x: jax.Array, radius: Any = 1.0) -> jax.Array:
     """
     if radius is None:
         radius = 1.0
-    _check_nonnegative("radius", radius)
+    check_nonnegative("radius", radius)
     x = _float(x)
     radius = jnp.asarray(radius, dtype=x.dtype)
     sq = jnp.sum(x * x)
@@ -204,7 +190,7 @@ def projection_linf_ball(x: PyTree, radius: Any = 1.0) -> PyTree:
     """
     if radius is None:
         radius = 1.0
-    _check_nonnegative("radius", radius)
+    check_nonnegative("radius", radius)
     return jax.tree_util.tree_map(lambda leaf: jnp.minimum(jnp.maximum(leaf, -radius), radius), x)
 
 
@@ -245,7 +231,7 @@ def _hyperplane_args(name: str, x: Any, hyperparams: Any) -> tuple:
         raise ValueError(
             f"hyperparams: {name} expects a with the shape of x {x.shape} and scalar b; got a {a.shape}, b {b.shape}"
         )
-    if _concrete(a) and not np.any(np.asarray(a) != 0):
+    if is_concrete(a) and not np.any(np.asarray(a) != 0):
         raise ValueError(f"hyperparams: {name} expects a nonzero normal vector a")
     return x, a, b
 
@@ -354,7 +340,7 @@ def projection_box_section(x: jax.Array, hyperparams: tuple) -> jax.Array:
     c = jnp.asarray(hyperparams[3], dtype=x.dtype)
     if c.ndim != 0:
         raise ValueError(f"hyperparams: c must be a scalar, got shape {c.shape}")
-    if _concrete(alpha, beta, w, c):
+    if is_concrete(alpha, beta, w, c):
         an, bn, wn, cn = (np.asarray(v) for v in (alpha, beta, w, c))
         if np.any(an > bn):
             raise ValueError("hyperparams: projection_box_section expects alpha <= beta elementwise")
@@ -466,7 +452,7 @@ def projection_order_simplex(x: jax.Array, hyperparams: Optional[tuple] = None) 
     upper, lower = jnp.asarray(upper, dtype=z.dtype), jnp.asarray(lower, dtype=z.dtype)
     if upper.ndim != 0 or lower.ndim != 0:
         raise ValueError("hyperparams: projection_order_simplex expects scalar (upper, lower)")
-    if _concrete(upper, lower) and float(upper) < float(lower):
+    if is_concrete(upper, lower) and float(upper) < float(lower):
         raise ValueError(f"hyperparams: projection_order_simplex expects upper >= lower, got ({upper}, {lower})")
     return jnp.minimum(jnp.maximum(z, lower), upper)
 
@@ -498,7 +484,7 @@ def projection_simplex_kl(x: jax.Array, value: Any = 1.0) -> jax.Array:
     """
     if value is None:
         value = 1.0
-    _check_nonnegative("value", value)
+    check_nonnegative("value", value)
     x = _float(x)
     return jnp.asarray(value, dtype=x.dtype) * jax.nn.softmax(x.ravel()).reshape(x.shape)
 
@@ -578,7 +564,7 @@ def projection_transport(
             "hyperparams: projection_transport expects x (p, d), a (p,), b (d,); "
             f"got x {x.shape}, a {a.shape}, b {b.shape}"
         )
-    if _concrete(a, b):
+    if is_concrete(a, b):
         an, bn = np.asarray(a), np.asarray(b)
         if np.any(an <= 0) or np.any(bn <= 0):
             raise ValueError("hyperparams: projection_transport expects strictly positive marginals a, b")

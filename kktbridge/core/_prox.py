@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from kktbridge.core._checks import check_nonnegative
 
 PyTree = Any
 
@@ -31,17 +32,6 @@ __all__ = [
     "prox_non_negative_ridge",
     "prox_group_lasso",
 ]
-
-
-def _concrete(*values: Any) -> bool:
-    return not any(isinstance(leaf, jax.core.Tracer) for v in values for leaf in jax.tree_util.tree_leaves(v))
-
-
-def _check_nonnegative(name: str, value: Any) -> None:
-    if _concrete(value):
-        for leaf in jax.tree_util.tree_leaves(value):
-            if np.any(np.asarray(leaf) < 0):
-                raise ValueError(f"{name}: expected a non-negative value, got {np.asarray(leaf)}")
 
 
 def _map(fn: Callable, x: PyTree, *hypers: Any) -> PyTree:
@@ -84,8 +74,8 @@ def prox_lasso(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree
       scaling: :math:`s \ge 0`.
     """
     lam = 1.0 if hyperparams is None else hyperparams
-    _check_nonnegative("hyperparams (l1 strength)", lam)
-    _check_nonnegative("scaling", scaling)
+    check_nonnegative("hyperparams (l1 strength)", lam)
+    check_nonnegative("scaling", scaling)
     return _map(lambda leaf, l: _soft(leaf, scaling * l), x, lam)
 
 
@@ -100,8 +90,8 @@ def prox_non_negative_lasso(x: PyTree, hyperparams: Any = None, scaling: Any = 1
       scaling: :math:`s \ge 0`.
     """
     lam = 1.0 if hyperparams is None else hyperparams
-    _check_nonnegative("hyperparams (l1 strength)", lam)
-    _check_nonnegative("scaling", scaling)
+    check_nonnegative("hyperparams (l1 strength)", lam)
+    check_nonnegative("scaling", scaling)
     return _map(lambda leaf, l: jnp.maximum(leaf - scaling * l, 0), x, lam)
 
 
@@ -123,9 +113,9 @@ def prox_elastic_net(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> 
     if not isinstance(hyperparams, (tuple, list)) or len(hyperparams) != 2:
         raise ValueError("hyperparams: prox_elastic_net expects a pair (l1, l2)")
     l1, l2 = hyperparams
-    _check_nonnegative("hyperparams[0] (l1 strength)", l1)
-    _check_nonnegative("hyperparams[1] (l2 strength)", l2)
-    _check_nonnegative("scaling", scaling)
+    check_nonnegative("hyperparams[0] (l1 strength)", l1)
+    check_nonnegative("hyperparams[1] (l2 strength)", l2)
+    check_nonnegative("scaling", scaling)
     return _map(lambda leaf, a, b: _soft(leaf, scaling * a) / (1 + scaling * b), x, l1, l2)
 
 
@@ -138,8 +128,8 @@ def prox_ridge(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree
       scaling: :math:`s \ge 0`.
     """
     lam = 1.0 if hyperparams is None else hyperparams
-    _check_nonnegative("hyperparams (l2 strength)", lam)
-    _check_nonnegative("scaling", scaling)
+    check_nonnegative("hyperparams (l2 strength)", lam)
+    check_nonnegative("scaling", scaling)
     return _map(lambda leaf, l: leaf / (1 + scaling * l), x, lam)
 
 
@@ -152,8 +142,8 @@ def prox_non_negative_ridge(x: PyTree, hyperparams: Any = None, scaling: Any = 1
       scaling: :math:`s \ge 0`.
     """
     lam = 1.0 if hyperparams is None else hyperparams
-    _check_nonnegative("hyperparams (l2 strength)", lam)
-    _check_nonnegative("scaling", scaling)
+    check_nonnegative("hyperparams (l2 strength)", lam)
+    check_nonnegative("scaling", scaling)
     return _map(lambda leaf, l: jnp.maximum(leaf, 0) / (1 + scaling * l), x, lam)
 
 
@@ -172,8 +162,8 @@ def prox_group_lasso(x: jax.Array, hyperparams: Any = None, scaling: Any = 1.0) 
       scaling: :math:`s \ge 0`.
     """
     lam = 1.0 if hyperparams is None else hyperparams
-    _check_nonnegative("hyperparams (group strength)", lam)
-    _check_nonnegative("scaling", scaling)
+    check_nonnegative("hyperparams (group strength)", lam)
+    check_nonnegative("scaling", scaling)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         x = x.astype(jnp.result_type(float))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import cvxpy as cp
 import jax
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests._cvx import solve_clarabel_tight
 from tests._fd import fd_jacobian_wrt
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -40,12 +40,7 @@ def solve_cvxpy(d, objective, constraints=(), qp=True):
         prob.solve(solver=cp.OSQP, eps_abs=1e-10, eps_rel=1e-10, polishing=True, max_iter=200000)
         assert prob.solver_stats.extra_stats.info.status_polish == 1, "OSQP polishing failed"
     else:
-        for tol in (1e-11, 1e-9):  # the tighter one occasionally stalls at "optimal_inaccurate"
-            with warnings.catch_warnings():  # "solution may be inaccurate": handled by the retry
-                warnings.simplefilter("ignore", UserWarning)
-                prob.solve(solver=cp.CLARABEL, tol_gap_abs=tol, tol_gap_rel=tol, tol_feas=tol, tol_ktratio=tol)
-            if prob.status == cp.OPTIMAL:
-                break
+        solve_clarabel_tight(prob)
     assert prob.status == cp.OPTIMAL, prob.status
     return z.value
 

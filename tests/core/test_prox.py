@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import cvxpy as cp
 import jax
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests._cvx import solve_clarabel_tight
 from tests._fd import fd_jacobian_wrt
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,13 +28,7 @@ def prox_cvxpy(x, penalty, scaling, nonneg=False):
     """argmin_y 0.5 ||y - x||^2 + scaling * penalty(y) (s.t. y >= 0 if ``nonneg``), by CLARABEL."""
     y = cp.Variable(x.shape[0])
     prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(y - x) + scaling * penalty(y)), [y >= 0] if nonneg else [])
-    for tol in (1e-11, 1e-9):  # the tighter one occasionally stalls at "optimal_inaccurate"
-        with warnings.catch_warnings():  # "solution may be inaccurate": handled by the retry
-            warnings.simplefilter("ignore", UserWarning)
-            prob.solve(solver=cp.CLARABEL, tol_gap_abs=tol, tol_gap_rel=tol, tol_feas=tol, tol_ktratio=tol)
-        if prob.status == cp.OPTIMAL:
-            break
-    assert prob.status == cp.OPTIMAL, prob.status
+    solve_clarabel_tight(prob)
     return y.value
 
 
