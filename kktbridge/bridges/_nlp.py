@@ -200,11 +200,11 @@ def solve_nlp(
         p, lo, up = theta
         xf = ravel_pytree(x)[0]
         parts = [jnp.ravel(ineq(x, p))] if ineq is not None else []
-        # Infinite bounds become the constant inactive row -1 <= 0 (no inf arithmetic in the KKT system).
+        # Infinite bounds give -inf rows, which the KKT residual treats as absent constraints.
         if has_upper:
-            parts.append(jnp.where(jnp.isfinite(up), xf - up, -1.0))
+            parts.append(xf - up)
         if has_lower:
-            parts.append(jnp.where(jnp.isfinite(lo), lo - xf, -1.0))
+            parts.append(lo - xf)
         return jnp.concatenate(parts) if parts else jnp.zeros((0,), xf.dtype)
 
     F = kkt_residual(

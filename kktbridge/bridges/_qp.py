@@ -51,9 +51,8 @@ def _qp_eq(x, data):
 
 
 def _qp_ineq(x, data):
-    # h_i = +inf means "no constraint": a constant inactive row keeps inf out of the KKT system.
-    h = data[5]
-    return jnp.where(jnp.isfinite(h), data[4] @ x - h, -1.0)
+    # h_i = +inf gives a -inf row, which the KKT residual treats as an absent constraint.
+    return data[4] @ x - data[5]
 
 
 #: One residual for every QP (P, q, A, b, G, h enter as arguments, so it is built once).

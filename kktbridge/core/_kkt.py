@@ -63,6 +63,13 @@ def _vdot(a: Optional[jax.Array], b: Optional[jax.Array]) -> jax.Array:
     return jnp.vdot(a, b)
 
 
+def _inactive_if_minus_inf(g: jax.Array) -> jax.Array:
+    """Map ``g_i = -inf`` (an absent constraint, e.g. ``x - u`` with ``u = +inf``) to the finite,
+    inactive value ``-1``: it keeps ``0 · inf = NaN`` out of the Lagrangian and its derivatives,
+    while NaN entries stay NaN (never silently treated as satisfied)."""
+    return jnp.where(g == -jnp.inf, -1.0, g)
+
+
 def kkt_residual(
     objective: Callable[..., jax.Array],
     eq: Optional[Callable[..., jax.Array]] = None,
@@ -74,7 +81,8 @@ def kkt_residual(
     Args:
       objective: ``f(x, *args) -> scalar``.
       eq: ``h(x, *args) -> (q,)`` equality constraints, or ``None``.
-      ineq: ``g(x, *args) -> (r,)`` inequality constraints (``≤ 0``), or ``None``.
+      ineq: ``g(x, *args) -> (r,)`` inequality constraints (``≤ 0``), or ``None``. An entry equal to
+        ``-inf`` (e.g. ``x - u`` with ``u = +inf``) is an absent, always inactive constraint.
       kind: complementarity function, ``"min"`` (default) or ``"product"`` (see module doc).
 
     Returns:
@@ -92,12 +100,14 @@ def kkt_residual(
             if eq is not None:
                 val = val + _vdot(nu, eq(x, *args))
             if ineq is not None:
-                val = val + _vdot(lam, ineq(x, *args))
+                val = val + _vdot(lam, _inactive_if_minus_inf(ineq(x, *args)))
             return val
 
         stationarity = jax.grad(lagrangian)(x)
         r_eq = eq(x, *args) if eq is not None else jnp.zeros_like(nu)
-        r_ineq = complementarity(lam, -ineq(x, *args), kind) if ineq is not None else jnp.zeros_like(lam)
+        r_ineq = (
+            complementarity(lam, -_inactive_if_minus_inf(ineq(x, *args)), kind) if ineq is not None else jnp.zeros_like(lam)
+        )
         return KKTPoint(stationarity, r_eq, r_ineq)
 
     return F
