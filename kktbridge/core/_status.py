@@ -43,7 +43,18 @@ _HINTS = {
 }
 
 
-class SolverError(RuntimeError):
+def _error_bases() -> tuple[type, ...]:
+    # ``except diffcp.SolverError`` (what cvxpylayers users write) must keep working: subclass it
+    # when diffcp is importable; kktbridge itself never needs diffcp.
+    try:
+        import diffcp
+
+        return (RuntimeError, diffcp.SolverError)
+    except Exception:  # pragma: no cover - diffcp missing or broken
+        return (RuntimeError,)
+
+
+class SolverError(*_error_bases()):  # type: ignore[misc]
     """A solver did not return a usable solution, so no derivative can be trusted.
 
     Attributes:
