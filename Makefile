@@ -1,6 +1,9 @@
 # Two entry points, both self-installing on a fresh Debian machine (as root):
 #   make demo   -- differentiate through the solvers and print checks
 #   make test   -- install everything and run the whole test suite
+# and two for maintainers (self-installing too):
+#   make notebooks -- re-execute notebooks/*.ipynb at full size, storing their outputs in place
+#   make docs      -- build the documentation site into site/ (mkdocs build --strict)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kktbridge-installed
 SYSSTAMP := $(VENV)/.kktbridge-sysdeps
 
-.PHONY: demo test bench sysdeps install clean
+.PHONY: demo test bench notebooks docs sysdeps install clean
 
 # System libraries cyipopt builds against. Skipped when already present so re-runs are fast.
 $(SYSSTAMP):
@@ -24,7 +27,7 @@ $(SYSSTAMP):
 # Reinstall only when the package metadata changes (editable install: code changes need nothing).
 $(STAMP): pyproject.toml $(SYSSTAMP)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,docs]'
 	@# torch is optional: install it only from a local CPU wheel (never the multi-GB CUDA build);
 	@# its small pure-Python dependencies come from the package index. Without it, torch tests skip.
 	@if ls /opt/wheels/torch-2.13.0*cpu*.whl >/dev/null 2>&1; then \
@@ -44,5 +47,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m kktbridge bench
 
+# Full-size runs take several minutes each on 2 cores; NOTEBOOKS=notebooks/01_quickstart_ipopt.ipynb selects.
+notebooks: $(STAMP)
+	$(PY) notebooks/_nbutil.py --size full $(NOTEBOOKS)
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info site
