@@ -6,6 +6,7 @@ the problem's optimality conditions; the solver itself is never differentiated.
 
 from kktbridge import linear_solve, optimality, projection, prox
 from kktbridge.adapters import available_solvers
+from kktbridge.bridges._common import Diagnostics, clear_caches
 from kktbridge.bridges._conic import ConicSolution, solve_conic
 from kktbridge.bridges._cvxpy import CvxpyLayer
 from kktbridge.bridges._nlp import NLPSolution, solve_nlp
@@ -19,12 +20,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ConicSolution",
     "CvxpyLayer",
+    "Diagnostics",
     "KKTPoint",
     "NLPSolution",
     "QPSolution",
     "SolverError",
     "Status",
     "available_solvers",
+    "clear_caches",
     "custom_fixed_point",
     "custom_root",
     "implicit_solution",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Optional
 
-from kktbridge.adapters._base import Adapter, HostSolution, call_adapter
+from kktbridge.adapters._base import Adapter, HostSolution, call_adapter, new_token, pop_native
 
 # name -> (module, class). One line per solver.
 _REGISTRY: dict[str, tuple[str, str]] = {
@@ -61,4 +61,4 @@ def _kind_of(name: str) -> Optional[str]:
         return None
 
 
-__all__ = ["Adapter", "HostSolution", "call_adapter", "get_adapter", "available_solvers"]
+__all__ = ["Adapter", "HostSolution", "call_adapter", "get_adapter", "available_solvers", "new_token", "pop_native"]

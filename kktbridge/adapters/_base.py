@@ -23,7 +23,7 @@ import numpy as np
 
 from kktbridge.core._status import SolverError, Status
 
-__all__ = ["Adapter", "ChunkedAdapter", "HostSolution", "call_adapter", "thread_pool", "num_workers"]
+__all__ = ["Adapter", "ChunkedAdapter", "HostSolution", "call_adapter", "new_token", "pop_native", "thread_pool", "num_workers"]
 
 
 @dataclass
@@ -89,6 +89,24 @@ class Adapter(abc.ABC):
         """Map a native status; anything unlisted is a failure, never a silent success."""
         return self.status_map.get(native, Status.FAILED)
 
+    def map_exception(self, error: Exception) -> Status:
+        """Status of an instance whose solve raised ``error`` (default: the problem was rejected)."""
+        return Status.INVALID_PROBLEM
+
+    def validate_options(self, options: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming any option the solver does not accept (before any solve).
+
+        The default accepts everything; adapters whose solver reports bad options only during a
+        solve (or only on stdout) override this.
+        """
+
+    def guarded_solve_one(self, data: dict[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
+        """:meth:`solve_one`, with any exception mapped to a failed instance (never a crashed batch)."""
+        try:
+            return self.solve_one(data, options)
+        except Exception as e:  # noqa: BLE001 - solver libraries raise anything; the status says why
+            return HostSolution({}, self.map_exception(e), 0, f"{type(e).__name__}: {e}")
+
     @abc.abstractmethod
     def solve_one(self, data: dict[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
         """Solve one instance from NumPy data."""
@@ -104,8 +122,8 @@ class Adapter(abc.ABC):
           options: solver options.
         """
         if len(batch) == 1:
-            return [self.solve_one(batch[0], options)]
-        return list(thread_pool().map(lambda d: self.solve_one(d, options), batch))
+            return [self.guarded_solve_one(batch[0], options)]
+        return list(thread_pool().map(lambda d: self.guarded_solve_one(d, options), batch))
 
 
 class ChunkedAdapter(Adapter):
@@ -132,8 +150,32 @@ class ChunkedAdapter(Adapter):
         if len(batch) == 1 or not self.reuses_setup(shared):
             return super().solve_batch(batch, shared, options)
         parts = chunks(len(batch), num_workers())
-        results = thread_pool().map(lambda r: self.solve_chunk([batch[i] for i in r], shared, options), parts)
+        results = thread_pool().map(lambda r: self._guarded_chunk([batch[i] for i in r], shared, options), parts)
         return [sol for part in results for sol in part]
+
+    def _guarded_chunk(self, batch, shared, options) -> list[HostSolution]:
+        try:
+            return self.solve_chunk(batch, shared, options)
+        except Exception:  # noqa: BLE001 - isolate the offending instance: solve the chunk one by one
+            return [self.guarded_solve_one(d, options) for d in batch]
+
+
+_NATIVE_LOCK = threading.Lock()
+_NATIVE_LOG: dict[int, list] = {}
+_NATIVE_NEXT = [0]
+
+
+def new_token() -> int:
+    """A fresh positive id under which an eager call's host callback records native statuses."""
+    with _NATIVE_LOCK:
+        _NATIVE_NEXT[0] = _NATIVE_NEXT[0] % 2_000_000_000 + 1
+        return _NATIVE_NEXT[0]
+
+
+def pop_native(token: int) -> list:
+    """Native statuses of the failed instances recorded under ``token`` (and forget them)."""
+    with _NATIVE_LOCK:
+        return _NATIVE_LOG.pop(int(token), [])
 
 
 def call_adapter(
@@ -141,8 +183,10 @@ def call_adapter(
     data: Mapping[str, jax.Array],
     out_spec: Mapping[str, jax.ShapeDtypeStruct],
     options: Mapping[str, Any],
-    raise_on_failure: bool,
-    native_sink: Optional[list] = None,
+    *,
+    raise_on_failure: bool = False,
+    accept_inaccurate: bool = False,
+    token: Optional[jax.Array] = None,
 ) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
     """Run ``adapter`` on the host from JAX, batching over any leading ``vmap`` axes.
 
@@ -151,22 +195,25 @@ def call_adapter(
       data: named input arrays (unbatched shapes as the bridge built them).
       out_spec: named output shapes/dtypes for one instance.
       options: solver options (static).
-      raise_on_failure: raise :class:`SolverError` from the host when an instance fails. Used
-        only where the bridge cannot inspect the status itself (inside ``jit``/``vmap``), in which
-        case JAX reports it wrapped in its runtime error.
-      native_sink: a list that receives the native status of every failed instance. Only for
-        eager calls (the callback runs once); a compiled callback would append on every run.
+      raise_on_failure: raise :class:`SolverError` from the host when an instance is not accepted
+        (see :meth:`Status.accepted`). Used only where the bridge cannot inspect the status itself
+        (inside ``jit``/``vmap``), in which case JAX reports it wrapped in its runtime error.
+      accept_inaccurate: whether ``SOLVED_INACCURATE`` counts as accepted for ``raise_on_failure``.
+      token: an ``int32`` scalar; when positive, the native statuses of failed instances are
+        recorded under it for :func:`pop_native` (eager calls, which then raise with them).
 
     Returns:
       ``(values, status, iterations)``; ``status`` and ``iterations`` are ``int32`` scalars per
-      instance.
+      instance. Values of instances that returned nothing (e.g. the solver raised) are NaN.
     """
     names = list(data)
     arrays = [jnp.asarray(data[k]) for k in names]
+    if token is None:
+        token = jnp.zeros((), jnp.int32)
     base_ndim = [a.ndim for a in arrays]
     out_names = list(out_spec)
 
-    def host(*host_arrays):
+    def host(tok, *host_arrays):
         host_arrays = [np.asarray(a) for a in host_arrays]
         lead = [a.shape[: a.ndim - nd] for a, nd in zip(host_arrays, base_ndim)]
         batch_shape = np.broadcast_shapes(*lead) if lead else ()
@@ -178,16 +225,26 @@ def call_adapter(
         shared = frozenset(k for k, ld in zip(names, lead) if int(np.prod(ld, dtype=int)) == 1)
         batch = [{k: flat[j][i] for j, k in enumerate(names)} for i in range(size)]
         results = adapter.solve_batch(batch, shared, options)
-        if native_sink is not None:
-            native_sink.extend(r.native_status for r in results if not r.status.ok)
-        if raise_on_failure:
-            for r in results:
-                if not r.status.ok:
-                    raise SolverError(adapter.name, r.status, r.native_status)
+        failed = [r for r in results if not r.status.accepted(accept_inaccurate)]
+        tok = int(np.asarray(tok).ravel()[0]) if np.size(tok) else 0
+        if failed and tok > 0:
+            with _NATIVE_LOCK:
+                _NATIVE_LOG.setdefault(tok, []).extend((r.status, r.native_status) for r in failed)
+                while len(_NATIVE_LOG) > 64:  # bounded: entries of calls that never collected them
+                    _NATIVE_LOG.pop(next(iter(_NATIVE_LOG)))
+        if raise_on_failure and failed:
+            raise SolverError(adapter.name, failed[0].status, failed[0].native_status)
         outs = []
         for k in out_names:
             spec = out_spec[k]
-            stacked = np.stack([np.asarray(r.values[k], dtype=spec.dtype).reshape(spec.shape) for r in results])
+
+            def value(r):
+                v = r.values.get(k)
+                if v is None or not r.status.ok:
+                    return np.full(spec.shape, np.nan, dtype=spec.dtype)
+                return np.asarray(v, dtype=spec.dtype).reshape(spec.shape)
+
+            stacked = np.stack([value(r) for r in results]) if results else np.zeros((0,) + tuple(spec.shape), spec.dtype)
             outs.append(stacked.reshape(batch_shape + tuple(spec.shape)))
         status = np.array([int(r.status) for r in results], dtype=np.int32).reshape(batch_shape)
         iters = np.array([int(r.iterations) for r in results], dtype=np.int32).reshape(batch_shape)
@@ -197,6 +254,6 @@ def call_adapter(
         jax.ShapeDtypeStruct((), jnp.int32),
         jax.ShapeDtypeStruct((), jnp.int32),
     ]
-    res = jax.pure_callback(host, tuple(specs), *arrays, vmap_method="expand_dims")
+    res = jax.pure_callback(host, tuple(specs), jnp.asarray(token, jnp.int32), *arrays, vmap_method="expand_dims")
     values = dict(zip(out_names, res[: len(out_names)]))
     return values, res[-2], res[-1]

@@ -126,6 +126,48 @@ class IpoptAdapter(Adapter):
     kind: ClassVar[str] = "nlp"
     status_map: ClassVar[Mapping[int, Status]] = _STATUS
 
+    #: Options users set most; the suggestions offered for a misspelt name.
+    COMMON_OPTIONS: ClassVar[tuple[str, ...]] = (
+        "tol", "max_iter", "max_cpu_time", "max_wall_time", "print_level", "sb", "acceptable_tol",
+        "acceptable_iter", "constr_viol_tol", "dual_inf_tol", "compl_inf_tol", "mu_strategy", "mu_init",
+        "mu_target", "hessian_approximation", "linear_solver", "nlp_scaling_method", "bound_push",
+        "bound_frac", "bound_relax_factor", "warm_start_init_point", "derivative_test", "print_timing_statistics",
+    )
+
+    def validate_options(self, options: Mapping[str, Any]) -> None:
+        """Try every option on a one-variable problem: IPOPT rejects unknown names and bad values
+        only when a solve is set up, and reports the reason on stdout."""
+        import difflib
+
+        import cyipopt
+
+        class _Tiny:
+            def objective(self, x):
+                return float(x @ x)
+
+            def gradient(self, x):
+                return 2 * x
+
+        nlp = cyipopt.Problem(n=1, m=0, problem_obj=_Tiny(), lb=[-1.0], ub=[1.0])
+        try:
+            for key, value in options.items():
+                if key == "oracles":
+                    continue
+                if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                    raise ValueError(f"options: {key!r} must be a str, int or float for IPOPT, got {type(value).__name__}")
+                try:
+                    with _quiet_stdout():
+                        nlp.add_option(key, value)
+                except TypeError:
+                    close = difflib.get_close_matches(key, self.COMMON_OPTIONS, n=3)
+                    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                    raise ValueError(
+                        f"options: IPOPT rejected {key}={value!r} (unknown option, or a value of the wrong type or "
+                        f"range){hint} Common options: {', '.join(self.COMMON_OPTIONS)}"
+                    ) from None
+        finally:
+            nlp.close()
+
     def solve_one(self, data: dict[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
         import cyipopt
 
@@ -138,6 +180,9 @@ class IpoptAdapter(Adapter):
         bad = {"x": nan(n), "mult_g": nan(m), "mult_x_L": nan(n), "mult_x_U": nan(n)}
         if not (np.all(np.isfinite(p)) and np.all(np.isfinite(x0))):
             return HostSolution(_values(bad, m_eq), Status.INVALID_PROBLEM, 0, "non-finite data")
+        lo, up = np.asarray(data["lower"]), np.asarray(data["upper"])
+        if np.isnan(lo).any() or np.isnan(up).any() or (lo == np.inf).any() or (up == -np.inf).any() or (lo > up).any():
+            return HostSolution(_values(bad, m_eq), Status.INVALID_PROBLEM, 0, "NaN or empty bounds")
         cl = np.concatenate([np.zeros(m_eq), np.full(m - m_eq, -np.inf)])
         cu = np.zeros(m)
         problem = _Problem(oracles, p)
@@ -153,6 +198,28 @@ class IpoptAdapter(Adapter):
         status = self.map_status(info["status"])
         info = dict(info, x=x)
         return HostSolution(_values(info, m_eq), status, problem.iterations, f"{info['status']}: {info.get('status_msg', b'')!r}")
+
+
+class _quiet_stdout:
+    """Silence C-level stdout (IPOPT prints option errors there) for the duration of a block."""
+
+    def __enter__(self):
+        import os
+        import sys
+
+        sys.stdout.flush()
+        self._fd = os.dup(1)
+        self._null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self._null, 1)
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        os.dup2(self._fd, 1)
+        os.close(self._fd)
+        os.close(self._null)
+        return False
 
 
 def _values(info: Mapping[str, Any], m_eq: int) -> dict[str, np.ndarray]:

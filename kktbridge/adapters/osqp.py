@@ -29,7 +29,7 @@ _STATUS = {
     6: Status.UNBOUNDED,  # OSQP_DUAL_INFEASIBLE_INACCURATE
     7: Status.MAX_ITER,  # OSQP_MAX_ITER_REACHED
     8: Status.TIME_LIMIT,  # OSQP_TIME_LIMIT_REACHED
-    9: Status.INVALID_PROBLEM,  # OSQP_NON_CVX (P not positive semidefinite)
+    9: Status.NON_CONVEX,  # OSQP_NON_CVX (P not positive semidefinite)
     10: Status.FAILED,  # OSQP_SIGINT
     11: Status.FAILED,  # OSQP_UNSOLVED
 }
@@ -44,6 +44,13 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "max_iter": 100_000,
     "verbose": False,
 }
+
+
+def _settings_names() -> list[str]:
+    import osqp
+
+    names = [k for k in osqp.OSQP().ext.OSQPSettings.__dict__ if not k.startswith("_")]
+    return [k for k in names if k not in ("device", "rho_is_vec")]
 
 
 def _pattern(mats: Sequence[np.ndarray], upper: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +78,19 @@ class OSQPAdapter(ChunkedAdapter):
     name: ClassVar[str] = "osqp"
     kind: ClassVar[str] = "qp"
     status_map: ClassVar[Mapping[int, Status]] = _STATUS
+
+    def map_exception(self, error: Exception) -> Status:
+        # OSQPException carries OSQP's error code; 4 is OSQP_NONCVX_ERROR (an indefinite P).
+        code = error.args[0] if getattr(error, "args", None) else None
+        if type(error).__name__ == "OSQPException" and int(code or 0) == 4 or "non-convex" in str(error).lower():
+            return Status.NON_CONVEX
+        return Status.INVALID_PROBLEM
+
+    def validate_options(self, options: Mapping[str, Any]) -> None:
+        valid = sorted(set(_settings_names()) | {"solver_type", "cg_preconditioner", "polish", "warm_start"})
+        for key in options:
+            if key not in valid:
+                raise ValueError(f"options: {key!r} is not an OSQP setting; valid settings: {', '.join(valid)}")
 
     def solve_chunk(self, batch: Sequence[dict], shared: frozenset, options: Mapping[str, Any]) -> list[HostSolution]:
         import osqp
@@ -101,17 +121,34 @@ class OSQPAdapter(ChunkedAdapter):
                     solver.setup(
                         P=_csc(mats_P[i], p_rows, p_cols), q=d["q"], A=_csc(mats_A[i], a_rows, a_cols), l=l, u=u, **settings
                     )
-                except ValueError as e:  # OSQP rejects e.g. a non-convex P or unknown settings here
+                except Exception as e:  # noqa: BLE001 - e.g. OSQPException(4) for a non-convex P
                     solver = None
-                    out.append(_failed(n, m, m_eq, Status.INVALID_PROBLEM, str(e)))
+                    out.append(_failed(n, m, m_eq, self.map_exception(e), f"{type(e).__name__}: {e}"))
                     continue
             else:
-                upd: dict[str, Any] = {"q": d["q"], "l": l, "u": u}
-                if P_batched:
-                    upd["Px"] = mats_P[i][p_rows, p_cols]
-                if A_batched:
-                    upd["Ax"] = mats_A[i][a_rows, a_cols]
-                solver.update(**upd)
+                solver.update(q=d["q"], l=l, u=u)
+                if P_batched or A_batched:
+                    # OSQP's public update() prints but swallows a failed refactorisation (e.g. a
+                    # non-convex P), which would silently solve the *previous* instance's problem:
+                    # call the binding, check its code, and set up afresh on failure.
+                    rc = solver._solver.update_data_mat(
+                        P_x=mats_P[i][p_rows, p_cols] if P_batched else None,
+                        P_i=None,
+                        A_x=mats_A[i][a_rows, a_cols] if A_batched else None,
+                        A_i=None,
+                    )
+                    if rc:
+                        solver = None
+                        prev = None
+                        try:
+                            solver = osqp.OSQP()
+                            solver.setup(
+                                P=_csc(mats_P[i], p_rows, p_cols), q=d["q"], A=_csc(mats_A[i], a_rows, a_cols), l=l, u=u, **settings
+                            )
+                        except Exception as e:  # noqa: BLE001
+                            solver = None
+                            out.append(_failed(n, m, m_eq, self.map_exception(e), f"{type(e).__name__}: {e}"))
+                            continue
             if "x0" in d:
                 solver.warm_start(x=d["x0"], y=d.get("y0", np.zeros(m)))
             elif prev is not None:

@@ -65,6 +65,18 @@ class SCSAdapter(ChunkedAdapter):
     kind: ClassVar[str] = "conic"
     status_map: ClassVar[Mapping[int, Status]] = _STATUS
 
+    #: SCS 3.x settings (``scs.SCS(data, cone, **settings)``).
+    SETTINGS: ClassVar[tuple[str, ...]] = (
+        "normalize", "scale", "adaptive_scale", "rho_x", "max_iters", "eps_abs", "eps_rel", "eps_infeas",
+        "alpha", "time_limit_secs", "verbose", "warm_start", "acceleration_lookback",
+        "acceleration_interval", "write_data_filename", "log_csv_filename", "use_indirect", "mkl", "gpu",
+    )
+
+    def validate_options(self, options: Mapping[str, Any]) -> None:
+        for key in options:
+            if key not in self.SETTINGS and key != "cone":
+                raise ValueError(f"options: {key!r} is not an SCS setting; valid settings: {', '.join(sorted(self.SETTINGS))}")
+
     def reuses_setup(self, shared: frozenset) -> bool:
         # SCS can update b and c in place, but a new A needs a new factorisation.
         return "A" in shared
@@ -102,6 +114,8 @@ class SCSAdapter(ChunkedAdapter):
                 res = solver.solve(warm_start=warm)
             info = res["info"]
             status = self.map_status(int(info["status_val"]))
+            if status in (Status.FAILED, Status.NUMERICAL_ERROR) and int(info["iter"]) >= int(settings["max_iters"]):
+                status = Status.MAX_ITER  # name the cause: the iteration limit, not an unknown failure
             if not status.ok:
                 sol = _failed(n, m, status, info["status"])
                 sol.iterations = int(info["iter"])

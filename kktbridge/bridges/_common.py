@@ -1,8 +1,29 @@
-"""Helpers shared by all bridges: input validation and the ``on_failure`` policy."""
+r"""The one differentiable-solve pipeline every bridge runs, plus shared input validation.
+
+A bridge call is split into two compiled stages, each cached per problem *structure* (bridge,
+solver, options, shapes, dtypes, user functions, failure policy) in a bounded LRU cache:
+
+1. **solve** (on ``stop_gradient``-ed data): one host callback runs the adapter over the whole
+   (possibly ``vmap``-ed) batch; then, in JAX, the optimality residual of the returned point is
+   measured, the bridge's diagnostics are computed, and the status becomes
+   ``RESIDUAL_TOO_LARGE`` where the residual exceeds ``residual_tol``;
+2. **differentiate**: the accepted point goes through
+   :func:`~kktbridge.core._implicit.implicit_solution` (failed instances get NaN values and NaN
+   derivatives, without touching other instances' derivatives).
+
+Eager calls therefore compile once per structure and then only dispatch (no re-tracing, no new
+callback closures, flat memory); inside a user's ``jit``/``vmap``/``grad`` the same stages are
+traced inline. An eager failure raises :class:`~kktbridge.SolverError` from Python with the
+solver's native status; inside ``jit`` the host callback raises it (wrapped by JAX).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+import collections
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +33,31 @@ from kktbridge.core._checks import is_concrete  # noqa: F401  (re-exported for t
 from kktbridge.core._status import SolverError, Status
 
 ON_FAILURE = ("raise", "nan")
+
+PyTree = Any
+
+
+class Diagnostics(NamedTuple):
+    """Cheap per-solution diagnostics (one value per instance; a pytree leaf group).
+
+    Attributes:
+      residual: relative infinity norm of the optimality residual at the returned point
+        (KKT residual, or the conic residual map); above ``residual_tol`` the status is
+        ``RESIDUAL_TOO_LARGE``.
+      complementarity_margin: ``min_i max(λ̂_i, ŝ_i)`` over inequality rows, with the scale-free
+        multiplier ``λ̂`` and slack ``ŝ`` of :func:`kktbridge.core._kkt.kkt_activity` (``inf`` without
+        inequalities). Small means a constraint is nearly weakly active: the solution map has a kink
+        nearby and derivatives are one-sided.
+      weakly_active: number of inequality rows with both ``λ̂`` and ``ŝ`` below the activity
+        tolerance (treated as inactive: the one-sided derivative that keeps them inactive).
+      kkt_condition: 2-norm condition number of the IFT matrix ``∂₁F`` when requested with
+        ``diagnose=True``; NaN otherwise (materialising it costs as much as a derivative).
+    """
+
+    residual: jax.Array
+    complementarity_margin: jax.Array
+    weakly_active: jax.Array
+    kkt_condition: jax.Array
 
 
 
@@ -62,47 +108,254 @@ def check_finite(name: str, arr: Any, allow_inf: bool = False) -> None:
         raise ValueError(f"{name}: contains {what} at index {tuple(int(i) for i in np.argwhere(bad)[0])}")
 
 
-def run_adapter(
-    adapter: Any,
-    data: Mapping[str, jax.Array],
-    spec: Mapping[str, jax.ShapeDtypeStruct],
-    options: Mapping[str, Any],
-    on_failure: str,
-) -> tuple[dict, jax.Array, jax.Array]:
-    """Call ``adapter`` on ``data`` (already ``stop_gradient``-ed) and apply the failure policy.
+def hashable(value: Any) -> Hashable:
+    """A hashable stand-in for an option value (lists, dicts, arrays included), for cache keys."""
+    if isinstance(value, (str, bytes, int, float, bool, type(None))):
+        return value
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), hashable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(hashable(v) for v in value)
+    if isinstance(value, np.ndarray) or isinstance(value, np.generic):
+        a = np.asarray(value)
+        return ("array", a.shape, str(a.dtype), a.tobytes())
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))  # unhashable and unknown: identity (worst case a cache miss)
+    return value
 
-    Eager calls (concrete data, which includes eager ``grad``/``jacfwd``, whose ``stop_gradient``-ed
-    inputs are concrete) raise :class:`SolverError` here with the solver's native status; inside
-    ``jit``/``vmap`` the host callback raises instead.
+
+def structure(*trees: Any) -> Hashable:
+    """Tree structure plus shape and dtype of every leaf: what a compiled stage depends on."""
+    leaves, treedef = jax.tree_util.tree_flatten(trees)
+    return (treedef, tuple((tuple(jnp.shape(x)), str(jnp.result_type(x))) for x in leaves))
+
+
+class LRUCache:
+    """A small thread-safe LRU map (compiled stages per problem structure)."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._data: "collections.OrderedDict[Hashable, Any]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_build(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        value = build()
+        with self._lock:
+            self._data[key] = value
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+#: Compiled stages of every bridge, keyed by problem structure; bounded so memory stays flat.
+PIPELINE_CACHE = LRUCache(128)
+
+
+def clear_caches() -> None:
+    """Drop every compiled bridge stage (and JAX's own caches); the next call recompiles."""
+    PIPELINE_CACHE.clear()
+    from kktbridge.bridges import _nlp
+
+    _nlp.clear_oracle_cache()
+    jax.clear_caches()
+
+
+@dataclass(frozen=True)
+class BridgePlan:
+    """The static description of one problem structure, built once and cached.
+
+    A bridge supplies pure functions of its (differentiable) arguments ``args`` and of
+    non-differentiable ``extra`` data (initial points, warm starts):
+
+    * ``host_data(args, extra) -> dict`` — arrays the adapter receives;
+    * ``to_point(values) -> z`` — the unknowns of the optimality conditions, from solver outputs;
+    * ``check(z, args) -> (residual, activity, margin, n_weak)`` — relative residual and the
+      (non-differentiable) activity data the residual map needs;
+    * ``residual(z, args, activity) -> F`` — the optimality conditions whose root is ``z``;
+    * ``fallback(args, extra) -> z`` — a point where ``residual`` is finite, used to linearise
+      failed instances;
+    * ``finish(z, values, args, status, iterations, diagnostics) -> solution``.
     """
+
+    adapter: Any
+    out_spec: Mapping[str, jax.ShapeDtypeStruct]
+    options: Mapping[str, Any]
+    host_data: Callable
+    to_point: Callable
+    check: Callable
+    residual: Callable
+    fallback: Callable
+    finish: Callable
+    solve: Any = None
+    accept_inaccurate: bool = False
+    residual_tol: float = 1e-6
+    diagnose: bool = False
+    stages: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def default_residual_tol(dtype: Any) -> float:
+    """Residual above which a returned point is not trusted for derivatives.
+
+    ``sqrt(eps)`` of the dtype (1.5e-8 in float64) times 100: well above what the solvers'
+    default tolerances leave (1e-9 and tighter) and far below the residual of a truncated solve.
+    """
+    return float(100 * np.sqrt(np.finfo(np.dtype(dtype)).eps))
+
+
+def _solve_stage(plan: BridgePlan, raise_in_callback: bool) -> Callable:
     from kktbridge.adapters import call_adapter
 
-    eager = is_concrete(data)
-    sink: Optional[list] = [] if eager else None
-    values, status, iters = call_adapter(adapter, data, spec, options, on_failure == "raise" and not eager, sink)
-    return finalize(adapter.name, values, status, on_failure, sink), status, iters
+    def stage(args, extra, token):
+        data = plan.host_data(args, extra)
+        values, status, iters = call_adapter(
+            plan.adapter,
+            data,
+            plan.out_spec,
+            plan.options,
+            raise_on_failure=raise_in_callback,
+            accept_inaccurate=plan.accept_inaccurate,
+            token=token,
+        )
+        ok = accepted(status, plan.accept_inaccurate)
+        z = plan.to_point(values)
+        z_safe = jax.tree_util.tree_map(lambda a, f: jnp.where(ok, a, f), z, plan.fallback(args, extra))
+        residual, activity, margin, n_weak = plan.check(z_safe, args)
+        residual = jnp.where(ok, residual, jnp.nan)
+        too_large = ok & ~(residual <= plan.residual_tol)
+        status = jnp.where(too_large, jnp.int32(Status.RESIDUAL_TOO_LARGE), status)
+        if raise_in_callback:
+            values = _raise_if_residual_too_large(plan.adapter.name, values, status, residual, plan.residual_tol)
+        cond = _kkt_condition(plan, z_safe, args, activity) if plan.diagnose else jnp.full_like(residual, jnp.nan)
+        diag = Diagnostics(residual, jnp.where(ok, margin, jnp.nan), jnp.where(ok, n_weak, -1).astype(jnp.int32), cond)
+        return values, status, iters, diag, activity
+
+    return jax.jit(stage)
 
 
-def finalize(
-    solver: str, values: Mapping[str, Any], status: jax.Array, on_failure: str, native: Optional[list] = None
-) -> dict:
-    """Apply the failure policy to a solve's outputs.
+def _kkt_condition(plan: BridgePlan, z: PyTree, args: Any, activity: Any) -> jax.Array:
+    from jax.flatten_util import ravel_pytree
 
-    ``"raise"``: if the status is concrete and any instance failed, raise :class:`SolverError`
-    (under ``jit``/``vmap`` the host callback has already raised). ``"nan"``: replace the outputs
-    of failed instances by NaN, keeping ``status`` for the caller to inspect.
+    z_flat, unravel = ravel_pytree(z)
+    J = jax.jacfwd(lambda v: ravel_pytree(plan.residual(unravel(v), args, activity))[0])(z_flat)
+    return jnp.linalg.cond(J) if J.size else jnp.ones((), J.dtype)
+
+
+def _raise_if_residual_too_large(solver: str, values: dict, status: jax.Array, residual: jax.Array, tol: float) -> dict:
+    """Identity on ``values`` that raises on the host when a residual check failed (inside ``jit``)."""
+
+    def host(st, res, *vals):
+        bad = np.asarray(st) == int(Status.RESIDUAL_TOO_LARGE)
+        if bad.any():
+            r = float(np.asarray(res)[bad].max())
+            raise SolverError(solver, Status.RESIDUAL_TOO_LARGE, f"relative residual {r:.2e} > residual_tol {tol:.1e}")
+        return vals
+
+    names = list(values)
+    specs = tuple(jax.ShapeDtypeStruct(values[k].shape, values[k].dtype) for k in names)
+    out = jax.pure_callback(host, specs, status, residual, *[values[k] for k in names], vmap_method="expand_dims")
+    return dict(zip(names, out))
+
+
+def _diff_stage(plan: BridgePlan) -> Callable:
+    from kktbridge.core._implicit import implicit_solution
+
+    def stage(values, status, iters, diag, activity, args, extra):
+        ok = accepted(status, plan.accept_inaccurate)
+        z = plan.to_point(values)
+        z = jax.tree_util.tree_map(lambda a: jnp.where(ok, a, jnp.nan), z)
+        z = implicit_solution(
+            lambda zz, a, act: plan.residual(zz, a, act),
+            z,
+            (args, activity),
+            plan.solve,
+            valid=ok,
+            fallback=plan.fallback(args, extra),
+        )
+        return plan.finish(z, values, args, status, iters, diag)
+
+    return jax.jit(stage)
+
+
+def accepted(status: jax.Array, accept_inaccurate: bool) -> jax.Array:
+    """In-graph :meth:`Status.accepted`."""
+    ok = status == int(Status.SOLVED)
+    if accept_inaccurate:
+        ok = ok | (status == int(Status.SOLVED_INACCURATE))
+    return ok
+
+
+def run_pipeline(key: Hashable, build: Callable[[], BridgePlan], args: PyTree, extra: PyTree, on_failure: str) -> Any:
+    """Solve and differentiate one bridge call (see the module docstring).
+
+    Args:
+      key: hashable problem structure; calls with equal keys share compiled stages.
+      build: builds the :class:`BridgePlan` on a cache miss.
+      args: differentiable problem data (pytree of arrays).
+      extra: non-differentiable data (pytree of arrays), e.g. initial points.
+      on_failure: ``"raise"`` or ``"nan"``.
     """
-    if on_failure == "raise" and is_concrete(status):
-        codes = np.atleast_1d(np.asarray(status))
-        failed = [Status(int(c)) for c in codes if not Status(int(c)).ok]
-        if failed:
-            raise SolverError(solver, failed[0], native[0] if native else None)
-    if on_failure == "nan":
-        ok = (status == int(Status.SOLVED)) | (status == int(Status.SOLVED_INACCURATE))
+    from kktbridge.adapters import new_token, pop_native
 
-        def mask(v):
-            okb = jnp.reshape(ok, ok.shape + (1,) * (jnp.ndim(v) - jnp.ndim(ok)))
-            return jnp.where(okb, v, jnp.nan)
+    plan: BridgePlan = PIPELINE_CACHE.get_or_build(key, build)
+    stop = jax.lax.stop_gradient
+    args_s, extra_s = jax.tree_util.tree_map(stop, (args, extra))
+    eager = is_concrete(args_s, extra_s)
+    raise_in_callback = on_failure == "raise" and not eager
+    stage = plan.stages.get(("solve", raise_in_callback))
+    if stage is None:
+        stage = plan.stages[("solve", raise_in_callback)] = _solve_stage(plan, raise_in_callback)
+    token = new_token() if eager else 0
+    values, status, iters, diag, activity = stage(args_s, extra_s, jnp.asarray(token, jnp.int32))
+    if eager:
+        natives = pop_native(token)
+        if on_failure == "raise":
+            codes = np.atleast_1d(np.asarray(status))
+            bad = [Status(int(c)) for c in codes if not Status(int(c)).accepted(plan.accept_inaccurate)]
+            if bad:
+                native = next((n for st, n in natives if st == bad[0]), None)
+                if bad[0] is Status.RESIDUAL_TOO_LARGE:
+                    res = np.nanmax(np.atleast_1d(np.asarray(diag.residual)))
+                    native = f"relative residual {res:.2e} > residual_tol {plan.residual_tol:.1e}"
+                raise SolverError(plan.adapter.name, bad[0], native)
+    diff = plan.stages.get("diff")
+    if diff is None:
+        diff = plan.stages["diff"] = _diff_stage(plan)
+    return diff(values, status, iters, diag, activity, args, extra_s)
 
-        return {k: jax.tree_util.tree_map(mask, v) for k, v in values.items()}
-    return dict(values)
+
+_WARNED_X64 = [False]
+
+
+def warn_if_truncated(name: str, value: Any) -> None:
+    """Warn once per process when float64 input is silently computed in float32 (x64 disabled)."""
+    if _WARNED_X64[0] or jax.config.jax_enable_x64:
+        return
+    dt = getattr(value, "dtype", None)
+    if dt is not None and np.dtype(dt) == np.float64:
+        _WARNED_X64[0] = True
+        warnings.warn(
+            f"{name}: float64 input is computed in float32 because JAX's x64 mode is off; enable it with "
+            "jax.config.update('jax_enable_x64', True) for float64 results",
+            stacklevel=3,
+        )
+
+
+def options_key(options: Mapping[str, Any]) -> Hashable:
+    return tuple(sorted((k, hashable(v)) for k, v in options.items()))
+
+
+def solve_key(solve: Any) -> Hashable:
+    return hashable(solve) if isinstance(solve, str) or solve is None else ("fn", id(solve), solve)

@@ -23,10 +23,20 @@ import jax
 import jax.numpy as jnp
 
 from kktbridge.adapters import get_adapter
-from kktbridge.bridges._common import as_array, check_on_failure, run_adapter
+from kktbridge.bridges._common import (
+    BridgePlan,
+    Diagnostics,
+    as_array,
+    check_on_failure,
+    default_residual_tol,
+    options_key,
+    run_pipeline,
+    solve_key,
+    structure,
+    warn_if_truncated,
+)
 from kktbridge.core._cones import parse_cone
-from kktbridge.core._conic import ConicPoint, conic_residual_map, from_embedding
-from kktbridge.core._implicit import implicit_solution
+from kktbridge.core._conic import ConicPoint, conic_check, conic_residual_map, from_embedding
 
 
 class ConicSolution(NamedTuple):
@@ -38,6 +48,8 @@ class ConicSolution(NamedTuple):
       s: primal slack ``(m,)``, ``s = b - Ax ∈ K``.
       status: :class:`~kktbridge.Status` code (int32).
       iterations: solver iterations (int32).
+      diagnostics: :class:`~kktbridge.Diagnostics` (residual; margin and weakly active count of
+        the nonnegative-orthant rows; optional condition number).
     """
 
     x: jax.Array
@@ -45,9 +57,11 @@ class ConicSolution(NamedTuple):
     s: jax.Array
     status: jax.Array
     iterations: jax.Array
+    diagnostics: Diagnostics
 
 
 def _validate(A: Any, b: Any, c: Any, cone: Any):
+    warn_if_truncated("A", A)
     A = as_array("A", A, ndim=2)
     m, n = A.shape
     b = as_array("b", b, shape=(m,))
@@ -67,6 +81,9 @@ def solve_conic(
     solve: Any = None,
     on_failure: str = "raise",
     warm_start: Optional[tuple[Any, Any, Any]] = None,
+    accept_inaccurate: bool = False,
+    residual_tol: Optional[float] = None,
+    diagnose: bool = False,
     **options: Any,
 ) -> ConicSolution:
     """Solve ``min cᵀx s.t. Ax + s = b, s ∈ K``, differentiably in ``A``, ``b`` and ``c``.
@@ -90,6 +107,10 @@ def solve_conic(
       on_failure: ``"raise"`` (:class:`~kktbridge.SolverError`) or ``"nan"`` (NaN outputs, status
         kept).
       warm_start: optional ``(x0, y0, s0)``.
+      accept_inaccurate: also accept solutions the solver flags ``SOLVED_INACCURATE``.
+      residual_tol: largest relative conic residual accepted (default ``100·sqrt(eps)``); above it
+        the status is ``RESIDUAL_TOO_LARGE``.
+      diagnose: also compute the condition number of the IFT matrix into ``diagnostics``.
       **options: solver settings (SCS: ``eps_abs``, ``eps_rel``, ``max_iters``, ``acceleration_lookback``,
         ``normalize``, ``time_limit_secs``...). Defaults: ``eps_abs = eps_rel = 1e-9``.
 
@@ -108,19 +129,49 @@ def solve_conic(
     adapter = get_adapter(solver, kind="conic")
     A, b, c, spec = _validate(A, b, c, cone)
     m, n = A.shape
+    dtype = A.dtype
     args = (A, b, c)
-    stop = jax.lax.stop_gradient
-    data = dict(zip("A b c".split(), map(stop, args)))
+    extra: tuple = ()
     if warm_start is not None:
         if not isinstance(warm_start, (tuple, list)) or len(warm_start) != 3:
             raise ValueError("warm_start: expected a tuple (x0, y0, s0)")
-        data["x0"] = stop(as_array("warm_start[0]", warm_start[0], shape=(n,)))
-        data["y0"] = stop(as_array("warm_start[1]", warm_start[1], shape=(m,)))
-        data["s0"] = stop(as_array("warm_start[2]", warm_start[2], shape=(m,)))
-    spec_out = {k: jax.ShapeDtypeStruct((d,), A.dtype) for k, d in (("x", n), ("y", m), ("s", m))}
-    opts = {**options, "cone": spec.as_dict()}
-    values, status, iters = run_adapter(adapter, data, spec_out, opts, on_failure)
-    z = ConicPoint(values["x"], values["y"] - values["s"])
-    z = implicit_solution(conic_residual_map(spec), z, (A, b, c), solve)
-    x, y, s = from_embedding(z, spec)
-    return ConicSolution(x, y, s, status, iters)
+        extra = tuple(
+            as_array(f"warm_start[{i}]", w, shape=(d,)).astype(dtype) for i, (w, d) in enumerate(zip(warm_start, (n, m, m)))
+        )
+    tol = default_residual_tol(dtype) if residual_tol is None else float(residual_tol)
+    cone_dict = spec.as_dict()
+    key = ("conic", solver, structure(args, extra), options_key({**options, "cone": cone_dict}), solve_key(solve),
+           accept_inaccurate, tol, diagnose)
+
+    def build() -> BridgePlan:
+        adapter.validate_options(options)
+        F = conic_residual_map(spec)
+        check = conic_check(spec)
+
+        def host_data(args, extra):
+            data = dict(zip("A b c".split(), args))
+            if extra:
+                data["x0"], data["y0"], data["s0"] = extra
+            return data
+
+        def finish(z, values, args, status, iters, diag):
+            x, y, s = from_embedding(z, spec)
+            return ConicSolution(x, y, s, status, iters, diag)
+
+        return BridgePlan(
+            adapter=adapter,
+            out_spec={k: jax.ShapeDtypeStruct((d,), dtype) for k, d in (("x", n), ("y", m), ("s", m))},
+            options={**options, "cone": cone_dict},
+            host_data=host_data,
+            to_point=lambda v: ConicPoint(v["x"], v["y"] - v["s"]),
+            check=lambda z, args: check(z, *args),
+            residual=lambda z, args, activity: F(z, *args),
+            fallback=lambda args, extra: ConicPoint(jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)),
+            finish=finish,
+            solve=solve,
+            accept_inaccurate=accept_inaccurate,
+            residual_tol=tol,
+            diagnose=diagnose,
+        )
+
+    return run_pipeline(key, build, args, extra, on_failure)

@@ -26,9 +26,20 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from kktbridge.adapters import get_adapter
-from kktbridge.bridges._common import as_array, check_on_failure, is_concrete, run_adapter
-from kktbridge.core._implicit import implicit_solution
-from kktbridge.core._kkt import KKTPoint, kkt_residual
+from kktbridge.bridges._common import (
+    BridgePlan,
+    Diagnostics,
+    as_array,
+    check_on_failure,
+    default_residual_tol,
+    is_concrete,
+    options_key,
+    run_pipeline,
+    solve_key,
+    structure,
+    warn_if_truncated,
+)
+from kktbridge.core._kkt import KKTPoint, kkt_activity, kkt_residual
 
 PyTree = Any
 
@@ -45,6 +56,8 @@ class NLPSolution(NamedTuple):
       objective: ``f(x*, p)``.
       status: :class:`~kktbridge.Status` code (int32).
       iterations: solver iterations (int32).
+      diagnostics: :class:`~kktbridge.Diagnostics` (KKT residual, complementarity margin and
+        weakly active count over inequality and bound rows, optional condition number).
     """
 
     x: PyTree
@@ -55,11 +68,18 @@ class NLPSolution(NamedTuple):
     objective: jax.Array
     status: jax.Array
     iterations: jax.Array
+    diagnostics: Diagnostics
 
 
 _ORACLE_CACHE: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
 _ORACLE_LOCK = threading.Lock()
 _ORACLE_CACHE_SIZE = 128
+
+
+def clear_oracle_cache() -> None:
+    """Forget the compiled IPOPT oracles of every problem structure."""
+    with _ORACLE_LOCK:
+        _ORACLE_CACHE.clear()
 
 
 def _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq):
@@ -104,8 +124,14 @@ def _bound(name: str, value, n: int, fill: float, dtype) -> jax.Array:
         arr = jnp.full((n,), arr, dtype)
     if arr.shape != (n,):
         raise ValueError(f"{name}: expected a scalar or an array with {n} entries (one per variable), got shape {arr.shape}")
-    if is_concrete(arr) and np.isnan(np.asarray(arr)).any():
-        raise ValueError(f"{name}: contains NaN")
+    if is_concrete(arr):
+        a = np.asarray(arr)
+        if np.isnan(a).any():
+            raise ValueError(f"{name}: contains NaN at index {int(np.argwhere(np.isnan(a))[0, 0])}")
+        # A lower bound of +inf (or an upper bound of -inf) admits no point: reject, never "solve".
+        wrong = np.inf if fill < 0 else -np.inf
+        if (a == wrong).any():
+            raise ValueError(f"{name}: contains {wrong} at index {int(np.argwhere(a == wrong)[0, 0])}, which no x satisfies")
     return arr
 
 
@@ -121,6 +147,9 @@ def solve_nlp(
     solver: str = "ipopt",
     solve: Any = None,
     on_failure: str = "raise",
+    accept_inaccurate: bool = False,
+    residual_tol: Optional[float] = None,
+    diagnose: bool = False,
     **options: Any,
 ) -> NLPSolution:
     """Solve ``min f(x, p) s.t. eq(x, p) = 0, ineq(x, p) ≤ 0, lower ≤ x ≤ upper``, differentiably.
@@ -143,14 +172,21 @@ def solve_nlp(
       on_failure: ``"raise"`` (default) raises :class:`~kktbridge.SolverError` when the solver
         does not report success; ``"nan"`` returns NaNs and the status instead (use it under
         ``jit``/``vmap`` to handle failures in-graph).
+      accept_inaccurate: also accept solutions the solver flags ``SOLVED_INACCURATE`` (IPOPT's
+        "solved to acceptable level").
+      residual_tol: largest relative KKT residual accepted (default ``100·sqrt(eps)`` of the dtype);
+        above it the status is ``RESIDUAL_TOO_LARGE``.
+      diagnose: also compute the condition number of the KKT matrix into ``diagnostics``.
       **options: passed to the solver (for IPOPT: ``tol``, ``max_iter``, ``print_level``,
-        ``hessian_approximation``, ...). Defaults: ``tol=1e-10``, ``print_level=0``.
+        ``hessian_approximation``, ...). Defaults: ``tol=1e-10`` (``1e-5`` for float32 data),
+        ``print_level=0``. Unknown or ill-typed options raise ``ValueError`` before any solve.
 
     Returns:
       :class:`NLPSolution`.
 
-    Functions are compiled once per (functions, shapes) and cached: pass the same function
-    objects across calls (not fresh lambdas) to avoid recompilation.
+    Functions are compiled once per problem structure (the function objects, shapes, dtypes,
+    bounds given, solver and options) and cached: pass the same function objects across calls
+    (not fresh lambdas) so that eager calls reuse the compiled oracles and derivative.
     """
     if not callable(objective):
         raise ValueError(f"objective: expected a callable objective(x, params), got {type(objective).__name__}")
@@ -159,6 +195,7 @@ def solve_nlp(
     x0_flat, unravel_x = ravel_pytree(x0)
     if x0_flat.size == 0:
         raise ValueError("x0: expected at least one variable, got an empty pytree")
+    warn_if_truncated("x0", x0_flat)
     if not jnp.issubdtype(x0_flat.dtype, jnp.floating):
         x0_flat = x0_flat.astype(jnp.result_type(float))
     x0 = unravel_x(x0_flat)
@@ -182,50 +219,86 @@ def solve_nlp(
     upper = _bound("upper", upper, n, jnp.inf, dtype)
     if is_concrete(lower, upper) and np.any(np.asarray(lower) > np.asarray(upper)):
         raise ValueError("lower, upper: lower must be <= upper everywhere")
+    if np.dtype(dtype) == np.float32 and "tol" not in options:
+        # IPOPT's default 1e-10 is below what float32 oracles can resolve (a feasible problem
+        # would end as "infeasible"); 1e-5 is what float32 arithmetic supports.
+        options = {**options, "tol": 1e-5}
+    tol = default_residual_tol(dtype) if residual_tol is None else float(residual_tol)
+    args = (params, lower, upper)
+    extra = (x0_flat,)
+    key = ("nlp", solver, objective, eq, ineq, structure(x0, params, lower), has_lower, has_upper,
+           options_key(options), solve_key(solve), accept_inaccurate, tol, diagnose)
 
-    oracles = _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq)
-    stop = jax.lax.stop_gradient
-    data = {"x0": stop(x0_flat), "p": stop(p_flat.astype(dtype)), "lower": stop(lower), "upper": stop(upper)}
-    spec = {
-        "x": jax.ShapeDtypeStruct((n,), dtype),
-        "eq_dual": jax.ShapeDtypeStruct((m_eq,), dtype),
-        "ineq_dual": jax.ShapeDtypeStruct((m_ineq,), dtype),
-        "lower_dual": jax.ShapeDtypeStruct((n,), dtype),
-        "upper_dual": jax.ShapeDtypeStruct((n,), dtype),
-    }
-    values, status, iters = run_adapter(adapter, data, spec, {**options, "oracles": oracles}, on_failure)
+    def build() -> BridgePlan:
+        adapter.validate_options(options)
+        oracles = _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq)
 
-    # Bounds as inequalities so one KKT residual covers them: rows (x - u) then (l - x).
-    def ineq_all(x, theta):
-        p, lo, up = theta
-        xf = ravel_pytree(x)[0]
-        parts = [jnp.ravel(ineq(x, p))] if ineq is not None else []
-        # Infinite bounds give -inf rows, which the KKT residual treats as absent constraints.
-        if has_upper:
-            parts.append(xf - up)
-        if has_lower:
-            parts.append(lo - xf)
-        return jnp.concatenate(parts) if parts else jnp.zeros((0,), xf.dtype)
+        # Bounds as inequalities so one KKT residual covers them: rows (x - u) then (l - x).
+        def ineq_all(x, theta):
+            p, lo, up = theta
+            xf = ravel_pytree(x)[0]
+            parts = [jnp.ravel(ineq(x, p))] if ineq is not None else []
+            # Infinite bounds give -inf rows, which the KKT residual treats as absent constraints.
+            if has_upper:
+                parts.append(xf - up)
+            if has_lower:
+                parts.append(lo - xf)
+            return jnp.concatenate(parts) if parts else jnp.zeros((0,), xf.dtype)
 
-    F = kkt_residual(
-        lambda x, theta: objective(x, theta[0]),
-        (lambda x, theta: jnp.ravel(eq(x, theta[0]))) if eq is not None else None,
-        ineq_all,
-    )
-    duals = [values["ineq_dual"]] + [values["upper_dual"]] * has_upper + [values["lower_dual"]] * has_lower
-    z = KKTPoint(unravel_x(values["x"]), values["eq_dual"], jnp.concatenate(duals))
-    z = implicit_solution(F, z, ((params, lower, upper),), solve)
-    lam = z.ineq_dual
-    # Absent bounds: IPOPT reports 0 (NaN after a failure with on_failure="nan"), a constant.
-    upper_dual = lam[m_ineq : m_ineq + n] if has_upper else values["upper_dual"]
-    lower_dual = lam[m_ineq + n * has_upper :] if has_lower else values["lower_dual"]
-    return NLPSolution(
-        x=z.x,
-        eq_dual=z.eq_dual,
-        ineq_dual=lam[:m_ineq],
-        lower_dual=lower_dual,
-        upper_dual=upper_dual,
-        objective=objective(z.x, params),
-        status=status,
-        iterations=iters,
-    )
+        obj = lambda x, theta: objective(x, theta[0])  # noqa: E731
+        eq_all = (lambda x, theta: jnp.ravel(eq(x, theta[0]))) if eq is not None else None
+        F = kkt_residual(obj, eq_all, ineq_all)
+        check = kkt_activity(obj, eq_all, ineq_all)
+        m_all = m_ineq + n * (has_upper + has_lower)
+
+        def host_data(args, extra):
+            p, lo, up = args
+            return {"x0": extra[0], "p": ravel_pytree(p)[0].astype(dtype), "lower": lo, "upper": up}
+
+        def to_point(values):
+            duals = [values["ineq_dual"]] + [values["upper_dual"]] * has_upper + [values["lower_dual"]] * has_lower
+            return KKTPoint(unravel_x(values["x"]), values["eq_dual"], jnp.concatenate(duals))
+
+        def fallback(args, extra):
+            return KKTPoint(unravel_x(extra[0]), jnp.zeros((m_eq,), dtype), jnp.zeros((m_all,), dtype))
+
+        def finish(z, values, args, status, iters, diag):
+            lam = z.ineq_dual
+            # Absent bounds: IPOPT reports 0 (NaN after a failure), a constant.
+            upper_dual = lam[m_ineq : m_ineq + n] if has_upper else values["upper_dual"]
+            lower_dual = lam[m_ineq + n * has_upper :] if has_lower else values["lower_dual"]
+            return NLPSolution(
+                x=z.x,
+                eq_dual=z.eq_dual,
+                ineq_dual=lam[:m_ineq],
+                lower_dual=lower_dual,
+                upper_dual=upper_dual,
+                objective=objective(z.x, args[0]),
+                status=status,
+                iterations=iters,
+                diagnostics=diag,
+            )
+
+        return BridgePlan(
+            adapter=adapter,
+            out_spec={
+                "x": jax.ShapeDtypeStruct((n,), dtype),
+                "eq_dual": jax.ShapeDtypeStruct((m_eq,), dtype),
+                "ineq_dual": jax.ShapeDtypeStruct((m_ineq,), dtype),
+                "lower_dual": jax.ShapeDtypeStruct((n,), dtype),
+                "upper_dual": jax.ShapeDtypeStruct((n,), dtype),
+            },
+            options={**options, "oracles": oracles},
+            host_data=host_data,
+            to_point=to_point,
+            check=lambda z, args: check(z, args),
+            residual=lambda z, args, active: F(z, args, active=active),
+            fallback=fallback,
+            finish=finish,
+            solve=solve,
+            accept_inaccurate=accept_inaccurate,
+            residual_tol=tol,
+            diagnose=diagnose,
+        )
+
+    return run_pipeline(key, build, args, extra, on_failure)

@@ -18,9 +18,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from kktbridge.adapters import get_adapter
-from kktbridge.bridges._common import as_array, check_on_failure, is_concrete, run_adapter
-from kktbridge.core._implicit import implicit_solution
-from kktbridge.core._kkt import KKTPoint, kkt_residual
+from kktbridge.bridges._common import (
+    BridgePlan,
+    Diagnostics,
+    as_array,
+    check_on_failure,
+    default_residual_tol,
+    is_concrete,
+    options_key,
+    run_pipeline,
+    solve_key,
+    structure,
+    warn_if_truncated,
+)
+from kktbridge.core._kkt import KKTPoint, kkt_activity, kkt_residual
 
 
 class QPSolution(NamedTuple):
@@ -32,6 +43,8 @@ class QPSolution(NamedTuple):
       ineq_dual: multipliers ``λ ≥ 0`` of ``Gx ≤ h`` ``(m_ineq,)``.
       status: :class:`~kktbridge.Status` code (int32).
       iterations: solver iterations (int32).
+      diagnostics: :class:`~kktbridge.Diagnostics` (residual, complementarity margin, weakly
+        active count, optional condition number).
     """
 
     x: jax.Array
@@ -39,6 +52,7 @@ class QPSolution(NamedTuple):
     ineq_dual: jax.Array
     status: jax.Array
     iterations: jax.Array
+    diagnostics: Diagnostics
 
 
 def _qp_objective(x, data):
@@ -57,11 +71,15 @@ def _qp_ineq(x, data):
 
 #: One residual for every QP (P, q, A, b, G, h enter as arguments, so it is built once).
 _QP_KKT = kkt_residual(_qp_objective, _qp_eq, _qp_ineq)
+_QP_CHECK = kkt_activity(_qp_objective, _qp_eq, _qp_ineq)
 
 
 def _validate(P, q, A, b, G, h, dtype=None):
+    warn_if_truncated("P", P)
     P = as_array("P", P, ndim=2)
     n = P.shape[0]
+    if n == 0:
+        raise ValueError("P: expected at least one variable, got a (0, 0) matrix")
     if P.shape != (n, n):
         raise ValueError(f"P: expected a square (n, n) matrix, got shape {tuple(P.shape)}")
     q = as_array("q", q, shape=(n,))
@@ -88,6 +106,43 @@ def _validate(P, q, A, b, G, h, dtype=None):
     return tuple(map(cast, (P, q, A, b, G, h)))
 
 
+def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, solve, accept_inaccurate, residual_tol, diagnose, warm) -> BridgePlan:
+    def host_data(args, extra):
+        data = dict(zip("P q A b G h".split(), args))
+        if warm:
+            data["x0"], data["y0"] = extra
+        return data
+
+    def to_point(values):
+        return KKTPoint(values["x"], values["eq_dual"], values["ineq_dual"])
+
+    def fallback(args, extra):
+        return KKTPoint(jnp.zeros((n,), dtype), jnp.zeros((m_eq,), dtype), jnp.zeros((m_ineq,), dtype))
+
+    def finish(z, values, args, status, iters, diag):
+        return QPSolution(z.x, z.eq_dual, z.ineq_dual, status, iters, diag)
+
+    return BridgePlan(
+        adapter=adapter,
+        out_spec={
+            "x": jax.ShapeDtypeStruct((n,), dtype),
+            "eq_dual": jax.ShapeDtypeStruct((m_eq,), dtype),
+            "ineq_dual": jax.ShapeDtypeStruct((m_ineq,), dtype),
+        },
+        options=options,
+        host_data=host_data,
+        to_point=to_point,
+        check=lambda z, args: _QP_CHECK(z, args),
+        residual=lambda z, args, active: _QP_KKT(z, args, active=active),
+        fallback=fallback,
+        finish=finish,
+        solve=solve,
+        accept_inaccurate=accept_inaccurate,
+        residual_tol=residual_tol,
+        diagnose=diagnose,
+    )
+
+
 def solve_qp(
     P: Any,
     q: Any,
@@ -100,6 +155,9 @@ def solve_qp(
     solve: Any = None,
     on_failure: str = "raise",
     warm_start: Optional[tuple[Any, Any]] = None,
+    accept_inaccurate: bool = False,
+    residual_tol: Optional[float] = None,
+    diagnose: bool = False,
     **options: Any,
 ) -> QPSolution:
     """Solve ``min ½xᵀPx + qᵀx s.t. Ax = b, Gx ≤ h``, differentiably in every argument.
@@ -107,7 +165,8 @@ def solve_qp(
     ``x``, ``eq_dual`` and ``ineq_dual`` are differentiable with respect to ``P, q, A, b, G, h``
     in forward and reverse mode, to any order, under ``jit`` and ``vmap`` (a batch is solved in
     one host call; with ``P``, ``A``, ``G`` unbatched OSQP factorises once per thread and only
-    updates vectors).
+    updates vectors). Eager calls compile once per problem structure (shapes, dtypes, solver,
+    options) and are then as fast as jitted ones.
 
     Args:
       P: ``(n, n)`` symmetric positive semidefinite matrix.
@@ -117,9 +176,15 @@ def solve_qp(
       solver: adapter name (``"osqp"``).
       solve: linear solver for the KKT system; default dense LU with an SVD minimum-norm
         fallback when singular (redundant constraints), GMRES above 2048 unknowns.
-      on_failure: ``"raise"`` (:class:`~kktbridge.SolverError`) or ``"nan"``.
+      on_failure: ``"raise"`` (:class:`~kktbridge.SolverError`) or ``"nan"`` (NaN values and NaN
+        derivatives for failed instances; ``status`` says why).
       warm_start: optional ``(x0, y0)`` with ``y0 = (ν, λ)`` stacked.
-      **options: solver settings (OSQP: ``eps_abs``, ``eps_rel``, ``max_iter``, ``polishing``...).
+      accept_inaccurate: also accept solutions the solver flags ``SOLVED_INACCURATE``.
+      residual_tol: largest relative KKT residual accepted (default ``100·sqrt(eps)`` of the dtype);
+        above it the status is ``RESIDUAL_TOO_LARGE``.
+      diagnose: also compute the condition number of the KKT matrix into ``diagnostics``.
+      **options: solver settings (OSQP: ``eps_abs``, ``eps_rel``, ``max_iter``, ``polishing``...);
+        unknown names raise ``ValueError`` before any solve.
 
     Returns:
       :class:`QPSolution`.
@@ -134,19 +199,19 @@ def solve_qp(
     P, q, A, b, G, h = _validate(P, q, A, b, G, h)
     n, m_eq, m_ineq = P.shape[0], A.shape[0], G.shape[0]
     args = (P, q, A, b, G, h)
-    stop = jax.lax.stop_gradient
-    data = dict(zip("P q A b G h".split(), map(stop, args)))
+    extra: tuple = ()
     if warm_start is not None:
         if not isinstance(warm_start, (tuple, list)) or len(warm_start) != 2:
             raise ValueError("warm_start: expected a tuple (x0, y0)")
-        data["x0"] = stop(as_array("warm_start[0]", warm_start[0], shape=(n,)))
-        data["y0"] = stop(as_array("warm_start[1]", warm_start[1], shape=(m_eq + m_ineq,)))
-    spec = {
-        "x": jax.ShapeDtypeStruct((n,), P.dtype),
-        "eq_dual": jax.ShapeDtypeStruct((m_eq,), P.dtype),
-        "ineq_dual": jax.ShapeDtypeStruct((m_ineq,), P.dtype),
-    }
-    values, status, iters = run_adapter(adapter, data, spec, options, on_failure)
-    z = KKTPoint(values["x"], values["eq_dual"], values["ineq_dual"])
-    z = implicit_solution(_QP_KKT, z, (args,), solve)
-    return QPSolution(z.x, z.eq_dual, z.ineq_dual, status, iters)
+        extra = (
+            as_array("warm_start[0]", warm_start[0], shape=(n,)).astype(P.dtype),
+            as_array("warm_start[1]", warm_start[1], shape=(m_eq + m_ineq,)).astype(P.dtype),
+        )
+    tol = default_residual_tol(P.dtype) if residual_tol is None else float(residual_tol)
+    key = ("qp", solver, structure(args, extra), options_key(options), solve_key(solve), accept_inaccurate, tol, diagnose)
+
+    def build() -> BridgePlan:
+        adapter.validate_options(options)
+        return _qp_plan(adapter, n, m_eq, m_ineq, P.dtype, dict(options), solve, accept_inaccurate, tol, diagnose, bool(extra))
+
+    return run_pipeline(key, build, args, extra, on_failure)

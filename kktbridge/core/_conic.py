@@ -47,7 +47,7 @@ import jax.numpy as jnp
 
 from kktbridge.core._cones import ConeSpec, cone_projection, parse_cone
 
-__all__ = ["ConicPoint", "conic_residual_map", "to_embedding", "from_embedding", "hsde_residual"]
+__all__ = ["ConicPoint", "conic_residual_map", "conic_check", "to_embedding", "from_embedding", "hsde_residual"]
 
 
 class ConicPoint(NamedTuple):
@@ -89,6 +89,47 @@ def conic_residual_map(cone: Any) -> Callable[[ConicPoint, jax.Array, jax.Array,
         return ConicPoint(A.T @ y + c, A @ z.x + (y - z.v) - b)
 
     return residual
+
+
+def conic_check(cone: Any) -> Callable[..., tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
+    """Relative residual and complementarity diagnostics of a conic point.
+
+    Returns ``check(z, A, b, c) -> (residual, activity, margin, n_weak)``: the residual is
+    ``max(‖Aᵀy + c‖∞ / (1 + ‖c‖∞), ‖Ax + s - b‖∞ / (1 + ‖b‖∞))`` with ``y = Π_{K*}(v)``,
+    ``s = y - v``; the margin and weakly active count cover the nonnegative-orthant rows, with
+    ``y_i`` and ``s_i`` scaled like :func:`kktbridge.core._kkt.kkt_activity` (``y_i‖a_i‖/‖c‖`` and
+    ``s_i/(‖a_i‖(1 + ‖x‖∞))``). ``activity`` is an empty placeholder (the conic residual map needs
+    none).
+    """
+    from kktbridge.core._kkt import activity_tol
+
+    spec: ConeSpec = parse_cone(cone)
+    F = conic_residual_map(spec)
+    lo, n_l = int(spec.z), int(spec.l)
+
+    def check(z: ConicPoint, A: jax.Array, b: jax.Array, c: jax.Array):
+        r = F(z, A, b, c)
+        dtype = z.x.dtype
+        res = jnp.maximum(
+            jnp.max(jnp.abs(r.x), initial=0.0) / (1.0 + jnp.max(jnp.abs(c), initial=0.0)),
+            jnp.max(jnp.abs(r.v), initial=0.0) / (1.0 + jnp.max(jnp.abs(b), initial=0.0)),
+        )
+        empty = jnp.zeros((0,), dtype)
+        if n_l == 0:
+            return res, empty, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32)
+        _, y, s = from_embedding(z, spec)
+        rows = slice(lo, lo + n_l)
+        an = jnp.linalg.norm(A[rows], axis=1)
+        an_safe = jnp.where(an > 0, an, 1.0)
+        cs = jnp.linalg.norm(c)
+        y_hat = jnp.where(cs > 0, y[rows] * an / jnp.where(cs > 0, cs, 1.0), 0.0)
+        s_hat = s[rows] / (an_safe * (1.0 + jnp.max(jnp.abs(z.x), initial=0.0)))
+        tau = activity_tol(dtype)
+        weak = (y_hat <= tau) & (s_hat <= tau)
+        margin = jnp.min(jnp.maximum(y_hat, s_hat), initial=jnp.inf)
+        return res, empty, margin, jnp.sum(weak).astype(jnp.int32)
+
+    return check
 
 
 def hsde_residual(cone: Any) -> Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]:

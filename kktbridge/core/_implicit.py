@@ -89,11 +89,70 @@ def _linear_solve(matvec: Callable, b: PyTree, solve: LinearSolver) -> PyTree:
     return unravel(x)
 
 
-def _root_tangent(F: Callable, sol: PyTree, args: tuple, args_dot: tuple, solve: LinearSolver) -> PyTree:
-    """Tangent of the root: solve ``(∂₁F) ż = -(∂₂F) θ̇``."""
+def _root_tangent(
+    F: Callable, sol: PyTree, args: tuple, args_dot: tuple, solve: LinearSolver, valid: Optional[jax.Array] = None
+) -> PyTree:
+    """Tangent of the root: solve ``(∂₁F) ż = -(∂₂F) θ̇``.
+
+    With ``valid`` (a boolean scalar, batched under ``vmap``) an invalid instance gets the identity
+    as its system matrix, so no NaN from its (failed) point can enter a shared factorisation or a
+    shared parameter's cotangent, and its own tangent is poisoned by :func:`_poison`.
+    """
+    if valid is not None:
+        F = _depend_on_all_args(F, valid)
     _, rhs = jax.jvp(lambda *a: F(sol, *a), tuple(args), tuple(args_dot))
     _, matvec = jax.linearize(lambda s: F(s, *args), sol)
-    return _linear_solve(matvec, _tree_neg(rhs), solve)
+    if valid is not None:
+        inner = matvec
+
+        def matvec(v):
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(valid, a, b), inner(v), v)
+
+    tangent = _linear_solve(matvec, _tree_neg(rhs), solve)
+    return tangent if valid is None else _poison(tangent, valid)
+
+
+def _depend_on_all_args(F: Callable, valid: jax.Array) -> Callable:
+    """``F`` plus, for an invalid instance only, the sum of every floating argument.
+
+    A failed instance's residual may not depend on some argument at its fallback point (a bound
+    row the failed point never reached); this term makes every argument's cotangent pick up the
+    NaN that :func:`_poison` puts on a failed instance. For valid instances the term is selected
+    away by ``where``, whose transpose is an exact zero (no ``0 · NaN``).
+    """
+
+    def F_all(s, *args):
+        r = F(s, *args)
+        leaves = [a for a in jax.tree_util.tree_leaves(args) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
+        if not leaves:
+            return r
+        total = sum(jnp.sum(a) for a in leaves)  # only its (linear) tangent is ever used
+        extra = jnp.where(valid, jnp.zeros_like(total), total)
+        return jax.tree_util.tree_map(lambda x: x + extra.astype(x.dtype), r)
+
+    return F_all
+
+
+def _poison(t: PyTree, valid: jax.Array) -> PyTree:
+    """Mark the tangents of an invalid (failed) instance as unknown.
+
+    Forward mode: every tangent of an invalid instance is NaN. Reverse mode: a cotangent into an
+    invalid instance becomes NaN if any of its entries is non-zero and stays exactly zero
+    otherwise, so a loss that masks a failed instance out of a batch keeps finite gradients for
+    shared parameters. Written as a ``custom_linear_solve`` with the identity operator because
+    that lets the forward map and its transpose be chosen independently.
+    """
+    t_flat, unravel = ravel_pytree(t)
+    nan = jnp.asarray(jnp.nan, t_flat.dtype)
+
+    def forward(_, b):
+        return jnp.where(valid, b, nan)
+
+    def backward(_, b):
+        return jnp.where(valid | ~jnp.any(b != 0), b, nan)
+
+    out = jax.lax.custom_linear_solve(lambda v: v, t_flat, solve=forward, transpose_solve=backward)
+    return unravel(out)
 
 
 def implicit_solution(
@@ -101,6 +160,9 @@ def implicit_solution(
     sol: PyTree,
     args: tuple,
     solve: "LinearSolver | str | None" = None,
+    *,
+    valid: Optional[Any] = None,
+    fallback: Optional[PyTree] = None,
 ) -> PyTree:
     """Return ``sol`` unchanged, but differentiable w.r.t. ``args`` through ``optimality_fun``.
 
@@ -114,6 +176,11 @@ def implicit_solution(
       sol: a root of ``F`` (pytree).
       args: tuple of arguments of ``F`` after ``sol`` (pytrees; non-array leaves are static).
       solve: linear solver (callable ``solve(matvec, b)`` or a name); default :func:`solve_auto`.
+      valid: optional boolean scalar (one per instance under ``vmap``): ``False`` marks ``sol`` as
+        a failed solve. Its derivatives are then NaN (forward mode) or NaN exactly when a non-zero
+        cotangent reaches it (reverse mode), and its point never enters a linear system.
+      fallback: point at which ``F`` is linearised for invalid instances (default: zeros); it only
+        has to keep ``F`` finite, e.g. the solver's initial point.
     """
     solve = resolve_solver(solve)
     if not isinstance(args, tuple):
@@ -139,20 +206,43 @@ def implicit_solution(
     def F_flat(s, leaves, consts):
         return F_conv(s, leaves, *consts)
 
+    if valid is None:
+
+        @jax.custom_jvp
+        def ident(s, leaves, consts):
+            return s
+
+        @ident.defjvp
+        def ident_jvp(primals, tangents):
+            s, leaves, consts = primals
+            _, leaves_dot, consts_dot = tangents
+            # Re-enter the identity so that, when this rule is itself differentiated (second order),
+            # the solution it linearises at carries implicit derivatives as well.
+            s = ident(s, leaves, consts)
+            return s, _root_tangent(F_flat, s, (leaves, consts), (leaves_dot, consts_dot), solve)
+
+        return ident(sol, dyn_leaves, consts)
+
+    valid = jax.lax.stop_gradient(jnp.asarray(valid, dtype=bool))
+    if fallback is None:
+        fallback = jax.tree_util.tree_map(jnp.zeros_like, sol)
+    # Linearise invalid instances at the fallback point: a NaN point would put NaN into the
+    # linear system (and, through 0 * NaN, into every cotangent of a shared parameter).
+    sol_eval = jax.tree_util.tree_map(lambda a, f: jnp.where(valid, a, jnp.asarray(f, a.dtype)), sol, fallback)
+
     @jax.custom_jvp
-    def ident(s, leaves, consts):
+    def ident_masked(s, s_eval, leaves, consts, ok):
         return s
 
-    @ident.defjvp
-    def ident_jvp(primals, tangents):
-        s, leaves, consts = primals
-        _, leaves_dot, consts_dot = tangents
-        # Re-enter the identity so that, when this rule is itself differentiated (second order),
-        # the solution it linearises at carries implicit derivatives as well.
-        s = ident(s, leaves, consts)
-        return s, _root_tangent(F_flat, s, (leaves, consts), (leaves_dot, consts_dot), solve)
+    @ident_masked.defjvp
+    def ident_masked_jvp(primals, tangents):
+        s, s_eval, leaves, consts, ok = primals
+        _, _, leaves_dot, consts_dot, _ = tangents
+        s = ident_masked(s, s_eval, leaves, consts, ok)
+        s_lin = ident_masked(s_eval, s_eval, leaves, consts, ok)
+        return s, _root_tangent(F_flat, s_lin, (leaves, consts), (leaves_dot, consts_dot), solve, ok)
 
-    return ident(sol, dyn_leaves, consts)
+    return ident_masked(sol, sol_eval, dyn_leaves, consts, valid)
 
 
 def _as_tuple(x: Any) -> tuple:

@@ -26,10 +26,27 @@ class Status(enum.IntEnum):
     NUMERICAL_ERROR = 6
     INVALID_PROBLEM = 7
     FAILED = 8
+    RESIDUAL_TOO_LARGE = 9
+    NON_CONVEX = 10
 
     @property
     def ok(self) -> bool:
+        """The solver returned a point (possibly flagged inaccurate): used by adapters for warm starts."""
         return self in (Status.SOLVED, Status.SOLVED_INACCURATE)
+
+    def accepted(self, accept_inaccurate: bool = False) -> bool:
+        """Whether values and derivatives are returned under the failure policy.
+
+        Only ``SOLVED`` is accepted by default; ``SOLVED_INACCURATE`` only when the caller opts in
+        with ``accept_inaccurate=True`` (a point the solver itself does not certify gives
+        derivatives of unknown quality).
+        """
+        return self is Status.SOLVED or (accept_inaccurate and self is Status.SOLVED_INACCURATE)
+
+    @property
+    def message(self) -> str:
+        """What the status means and what to try."""
+        return _HINTS.get(self, "")
 
 
 _HINTS = {
@@ -40,6 +57,16 @@ _HINTS = {
     Status.NUMERICAL_ERROR: "the solver ran into numerical trouble; rescale the problem or tighten/loosen tolerances",
     Status.INVALID_PROBLEM: "the solver rejected the problem definition (NaN/inf values, wrong sizes or invalid options)",
     Status.FAILED: "the solver failed for an unspecified reason",
+    Status.SOLVED_INACCURATE: (
+        "the solver flagged its solution as inaccurate (e.g. an iteration or time limit hit near the optimum); "
+        "tighten or raise the solver's limits, or pass accept_inaccurate=True to use it anyway"
+    ),
+    Status.RESIDUAL_TOO_LARGE: (
+        "the returned point violates the optimality conditions by more than residual_tol, so its derivatives "
+        "would be meaningless; tighten the solver tolerance, rescale the problem, or raise residual_tol"
+    ),
+    Status.NON_CONVEX: "the problem is not convex (e.g. an indefinite P); the solver requires a convex problem",
+    Status.SOLVED: "",
 }
 
 
@@ -68,6 +95,6 @@ class SolverError(*_error_bases()):  # type: ignore[misc]
         self.solver = solver
         self.status = Status(status)
         self.native_status = native_status
-        self.hint = hint if hint is not None else _HINTS.get(self.status, "")
+        self.hint = hint if hint is not None else self.status.message
         native = f" (native status: {native_status})" if native_status is not None else ""
         super().__init__(f"{solver}: {self.status.name}{native}. {self.hint}".rstrip())

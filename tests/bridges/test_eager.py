@@ -1,0 +1,144 @@
+"""Eager calls compile once per problem structure and keep memory flat.
+
+After a warm-up, many eager calls with new values (plain solves and eager ``grad``/``jacfwd``)
+must trigger no new XLA compilation and must not grow the resident set size. Speed itself is
+measured by ``python -m kktbridge bench --suite eager``, never asserted here.
+"""
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax._src import monitoring
+
+import kktbridge as kb
+
+_COMPILES = [0]
+
+
+def _on_event(event: str, duration: float, **kwargs) -> None:
+    if "backend_compile" in event:
+        _COMPILES[0] += 1
+
+
+monitoring.register_event_duration_secs_listener(_on_event)
+
+
+@contextlib.contextmanager
+def count_compiles():
+    start = _COMPILES[0]
+    box = {}
+    yield box
+    box["n"] = _COMPILES[0] - start
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS")
+
+
+def _nlp_f(x, p):
+    return jnp.sum((x - p["t"]) ** 2) + 0.1 * x[0] * x[1]
+
+
+def _nlp_g(x, p):
+    return jnp.atleast_1d(jnp.sum(x**2) - p["r"])
+
+
+def _nlp_h(x, p):
+    return jnp.atleast_1d(x[0] - x[1] - 0.1)
+
+
+def qp_call(i):
+    P = jnp.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    q = jnp.array([1.0, -2.0, 0.5]) + 0.001 * i
+    return kb.solve_qp(P, q, A=jnp.ones((1, 3)), b=jnp.array([1.0]), G=-jnp.eye(3), h=jnp.zeros(3)).x
+
+
+def conic_call(i):
+    A = -jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    b = jnp.array([1.0, 0.0, 0.0, 0.5 + 0.001 * i])
+    return kb.solve_conic(A, b, jnp.array([1.0, 2.0]), {"q": [3], "l": 1}).x
+
+
+def nlp_call(i):
+    p = {"t": jnp.array([1.0, 2.0]) + 0.001 * i, "r": jnp.array(1.0)}
+    return kb.solve_nlp(_nlp_f, jnp.zeros(2), p, eq=_nlp_h, ineq=_nlp_g, lower=-5.0, upper=5.0).x
+
+
+CALLS = {"qp": qp_call, "conic": conic_call, "nlp": nlp_call}
+
+
+@pytest.mark.parametrize("bridge", sorted(CALLS))
+def test_eager_calls_compile_once_and_keep_memory_flat(bridge):
+    call = CALLS[bridge]
+    for i in range(3):  # warm-up: compile the structure once
+        jax.block_until_ready(call(i))
+    before = rss_mib()
+    with count_compiles() as c:
+        for i in range(500):
+            jax.block_until_ready(call(i))
+    grown = rss_mib() - before
+    assert c["n"] == 0, f"{bridge}: {c['n']} compilations in 500 eager calls with new values"
+    assert grown < 20.0, f"{bridge}: RSS grew by {grown:.1f} MiB over 500 eager calls"
+
+
+@pytest.mark.parametrize("bridge", sorted(CALLS))
+def test_eager_derivatives_compile_once(bridge):
+    call = CALLS[bridge]
+
+    def value(s):
+        return jnp.sum(jnp.sin(call_theta(bridge, s)))
+
+    grad = lambda s: jax.grad(value)(s)  # noqa: E731
+    jac = lambda s: jax.jacfwd(lambda t: call_theta(bridge, t))(s)  # noqa: E731
+    for s in (0.1, 0.2):
+        jax.block_until_ready(grad(s))
+        jax.block_until_ready(jac(s))
+    before = rss_mib()
+    with count_compiles() as c:
+        for i in range(60):
+            jax.block_until_ready(grad(0.1 + 0.001 * i))
+            jax.block_until_ready(jac(0.1 + 0.001 * i))
+    assert c["n"] == 0, f"{bridge}: {c['n']} compilations in 120 eager derivatives"
+    assert rss_mib() - before < 20.0
+    del call
+
+
+def call_theta(bridge, s):
+    """The bridge's solution as a function of one scalar parameter entering its data."""
+    if bridge == "qp":
+        P = jnp.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        q = jnp.array([1.0, -2.0, 0.5]) * s
+        return kb.solve_qp(P, q, A=jnp.ones((1, 3)), b=jnp.array([1.0]), G=-jnp.eye(3), h=jnp.zeros(3)).x
+    if bridge == "conic":
+        A = -jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+        b = jnp.array([1.0, 0.0, 0.0, 0.5]) + s * jnp.array([0.0, 0.0, 0.0, 1.0])
+        return kb.solve_conic(A, b, jnp.array([1.0, 2.0]), {"q": [3], "l": 1}).x
+    p = {"t": jnp.array([1.0, 2.0]) * (1 + s), "r": jnp.array(1.0)}
+    return kb.solve_nlp(_nlp_f, jnp.zeros(2), p, eq=_nlp_h, ineq=_nlp_g, lower=-5.0, upper=5.0).x
+
+
+def test_eager_equals_jit_and_cache_is_bounded_and_clearable(monkeypatch):
+    from kktbridge.bridges._common import PIPELINE_CACHE
+
+    x_eager = call_theta("qp", 0.3)
+    x_jit = jax.jit(lambda s: call_theta("qp", s))(0.3)
+    np.testing.assert_array_equal(x_eager, x_jit)
+    g_eager = jax.grad(lambda s: jnp.sum(call_theta("nlp", s)))(0.3)
+    g_jit = jax.jit(jax.grad(lambda s: jnp.sum(call_theta("nlp", s))))(0.3)
+    np.testing.assert_allclose(g_eager, g_jit, rtol=1e-12)
+    # A new structure per call (fresh shapes) fills the LRU up to its bound, never beyond.
+    kb.clear_caches()
+    monkeypatch.setattr(PIPELINE_CACHE, "maxsize", 3)
+    for n in range(2, 8):
+        kb.solve_qp(jnp.eye(n), jnp.ones(n))
+    assert len(PIPELINE_CACHE) == 3
+    kb.clear_caches()
+    assert len(PIPELINE_CACHE) == 0
+    np.testing.assert_array_equal(call_theta("qp", 0.3), x_eager)
