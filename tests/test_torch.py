@@ -38,23 +38,34 @@ def test_gradients_match_jax_layer():
         np.testing.assert_allclose(t.grad.numpy(), gj, rtol=1e-10, atol=1e-12)
 
 
-def test_duals_and_float32_inputs():
+def test_duals_and_dtypes():
     prob, params, variables = qp_problem()
     rng = np.random.default_rng(1)
     vals = [rng.normal(size=4), rng.normal(size=(3, 4)), rng.uniform(0.1, 0.5, 3)]
     layer = CvxpyLayer(prob, params, variables)
-    q = torch.tensor(vals[0], dtype=torch.float32, requires_grad=True)
-    (x,), (lam, nu) = layer.with_duals(q, torch.tensor(vals[1]), torch.tensor(vals[2]))
-    assert x.dtype == torch.float32 and q.grad is None
     jlayer = layer.layer  # the wrapped JAX layer (shares its compiled functions)
     (x_j,), (lam_j, nu_j) = jlayer.with_duals(*vals)
-    # float32 outputs of a float64 solve: compare at float32 resolution.
+
+    def dual_loss(q):
+        _, (lam, nu) = jlayer.with_duals(q, *vals[1:])
+        return jnp.sum(lam) + nu
+
+    g = jax.grad(dual_loss)(vals[0])
+    # float32 in -> float32 out and float32 gradients.
+    q = torch.tensor(vals[0], dtype=torch.float32, requires_grad=True)
+    (x,), (lam, nu) = layer.with_duals(q, torch.tensor(vals[1], dtype=torch.float32), torch.tensor(vals[2], dtype=torch.float32))
+    assert x.dtype == lam.dtype == torch.float32 and q.grad is None
+    # A float32 solve (OSQP at 1e-9 on float32 data) agrees to float32 resolution (~1e-6 here).
+    np.testing.assert_allclose(lam.detach().numpy(), lam_j, atol=2e-5)
+    (lam.sum() + nu).backward()
+    assert q.grad.dtype == torch.float32
+    np.testing.assert_allclose(q.grad.numpy(), g, atol=1e-4)
+    # Mixed float32/float64 inputs promote to float64, as torch does.
+    q = torch.tensor(vals[0], dtype=torch.float32, requires_grad=True)
+    (x,), (lam, nu) = layer.with_duals(q, torch.tensor(vals[1]), torch.tensor(vals[2]))
+    assert x.dtype == torch.float64
     np.testing.assert_allclose(lam.detach().numpy(), lam_j, atol=1e-6)
     np.testing.assert_allclose(float(nu.detach()), float(nu_j), atol=1e-6)
-    (lam.sum() + nu).backward()
-    g = jax.grad(lambda q: jnp.sum(jlayer.with_duals(q, *vals[1:])[1][0]) + jlayer.with_duals(q, *vals[1:])[1][1])(vals[0])
-    assert q.grad.dtype == torch.float32
-    np.testing.assert_allclose(q.grad.numpy(), g, atol=1e-5)
 
 
 def test_in_place_change_of_input_is_detected():

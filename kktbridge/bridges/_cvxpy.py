@@ -41,6 +41,8 @@ or ``sparsity`` attributes, the ``PowConeND`` cone, duals of PSD constraints wit
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
@@ -48,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kktbridge.adapters import get_adapter
-from kktbridge.bridges import _common
+from kktbridge.core._checks import is_concrete
 
 __all__ = ["CvxpyLayer"]
 
@@ -170,46 +172,272 @@ class _Canon(NamedTuple):
     total: int
 
 
+# ------------------------------------------------------------------ solver options
+#: Keys consumed by the bridges themselves (never passed to a solver); read from the bridges'
+#: keyword-only signatures so that new bridge options pass through unchanged.
+def _bridge_keys() -> frozenset:
+    import inspect
+
+    from kktbridge.bridges._conic import solve_conic
+    from kktbridge.bridges._qp import solve_qp
+
+    keys = set()
+    for fn in (solve_qp, solve_conic):
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "solver":
+                keys.add(p.name)
+    return frozenset(keys)
+
+
+#: SCS 3.x settings (``scs.SCS(data, cone, **settings)``) plus its Python-level switches.
+_SCS_SETTINGS = (
+    "normalize", "scale", "adaptive_scale", "rho_x", "max_iters", "eps_abs", "eps_rel", "eps_infeas",
+    "alpha", "time_limit_secs", "verbose", "warm_start", "acceleration_lookback",
+    "acceleration_interval", "write_data_filename", "log_csv_filename", "use_indirect", "gpu", "mkl",
+)  # fmt: skip
+
+#: cvxpylayers' ``solver_args`` vocabulary (diffcp/SCS names, Moreau's ``tol``) -> each solver's
+#: own names. ``None`` drops a key that only steers another solver's internals (SCS's Anderson
+#: acceleration, diffcp's derivative mode): it changes how a solution is found, not which.
+_VOCAB = {
+    "osqp": {
+        "eps": ("eps_abs", "eps_rel"), "tol": ("eps_abs", "eps_rel"), "max_iters": ("max_iter",),
+        "eps_infeas": ("eps_prim_inf", "eps_dual_inf"), "time_limit_secs": ("time_limit",),
+        "polish": ("polishing",), "acceleration_lookback": None, "acceleration_interval": None, "mode": None,
+    },
+    "scs": {
+        "eps": ("eps_abs", "eps_rel"), "tol": ("eps_abs", "eps_rel"), "max_iter": ("max_iters",),
+        "time_limit": ("time_limit_secs",), "mode": None,
+    },
+    "clarabel": {
+        "eps": ("tol_gap_abs", "tol_gap_rel", "tol_feas"), "tol": ("tol_gap_abs", "tol_gap_rel", "tol_feas"),
+        "eps_abs": ("tol_gap_abs", "tol_feas"), "eps_rel": ("tol_gap_rel",), "max_iters": ("max_iter",),
+        "eps_infeas": ("tol_infeas_abs", "tol_infeas_rel"), "time_limit_secs": ("time_limit",),
+        "acceleration_lookback": None, "acceleration_interval": None, "mode": None,
+    },
+}  # fmt: skip
+
+#: cvxpylayers / cvxpy solver names -> kktbridge adapters. ``MOREAU`` (cvxpylayers' interior-point
+#: QP/conic backend) maps to the QP path for QPs and to Clarabel (also interior-point) otherwise;
+#: ``DIFFCP`` (cvxpylayers' default) to SCS, which diffcp runs.
+_ALIASES = {"moreau": None, "diffcp": "scs", "cuclarabel": "clarabel"}
+
+
+@functools.lru_cache(maxsize=None)
+def _native_settings(solver: str) -> Optional[frozenset]:
+    """Option names ``solver`` accepts, or ``None`` when they cannot be listed (no check)."""
+    try:
+        if solver == "scs":
+            return frozenset(_SCS_SETTINGS)
+        if solver == "clarabel":
+            import clarabel
+
+            return frozenset(k for k in dir(clarabel.DefaultSettings()) if not k.startswith("_") and k != "default")
+        if solver == "osqp":
+            import osqp
+            import scipy.sparse as sp
+
+            probe = osqp.OSQP()
+            one = sp.csc_matrix(np.eye(1))
+            probe.setup(P=one, q=np.ones(1), A=one, l=-np.ones(1), u=np.ones(1), verbose=False)
+            return frozenset(k for k in dir(probe.settings) if not k.startswith("_"))
+    except Exception:  # noqa: BLE001 - a solver that cannot be introspected is not checked here
+        return None
+    return None
+
+
+def translate_options(solver: str, options: Mapping[str, Any]) -> tuple[str, dict]:
+    """Split ``options`` into bridge keywords and ``solver``'s own settings, translating
+    cvxpylayers' vocabulary; returns ``(solver, bridge_kwargs_and_settings)``.
+
+    ``solve_method`` (diffcp's choice of conic solver) selects the adapter for this call.
+    Raises ``ValueError`` naming an unknown key and listing the valid ones, before any solve.
+    """
+    bridge = _bridge_keys()
+    options = dict(options)
+    method = options.pop("solve_method", None)
+    if method is not None:
+        name = str(method).lower()
+        name = _ALIASES.get(name, name) or solver
+        if name != solver:
+            try:
+                kind = get_adapter(name).kind
+            except ValueError:
+                kind = None
+            if kind is None or kind != get_adapter(solver).kind:
+                raise ValueError(
+                    f"solver_args: solve_method={method!r} cannot replace this layer's solver {solver!r} "
+                    f"({get_adapter(solver).kind} path); pass solver= at construction instead"
+                )
+            solver = name
+    vocab = _VOCAB.get(solver, {})
+    native = _native_settings(solver)
+    out: dict = {}
+    translated: dict = {}
+    for key, value in options.items():
+        if key in bridge:
+            out[key] = value
+        elif native is not None and key in native:
+            out[key] = value
+        elif key in vocab:
+            for target in vocab[key] or ():
+                translated[target] = value
+        elif native is None:
+            out[key] = value
+        else:
+            valid = sorted(set(native) | set(vocab) | set(bridge) | {"solve_method"})
+            raise ValueError(f"solver_args: unknown option {key!r} for solver {solver!r}; valid options: {valid}")
+    # A solver's own name wins over a translated cvxpylayers name for the same setting.
+    out = {**translated, **out}
+    adapter = get_adapter(solver)
+    validate = getattr(adapter, "validate_options", None)
+    if validate is not None:
+        validate({k: v for k, v in out.items() if k not in bridge})
+    return solver, out
+
+
+def _trace_conic_duals(problem: Any, chain: Any, inverse: Any, gp: Any, n: int, m: int) -> list:
+    """For each constraint of ``problem``: one ``_Out("gather", idx)`` per dual variable, or why not.
+
+    cvxpy turns the solver's dual vector ``y`` into each constraint's dual variables through its
+    reduction chain (slicing, reshaping, de-interleaving cones, ...). That map is traced once by
+    inverting the chain on a labelled ``y = (1, 2, ..., m)`` and letting each constraint store its
+    dual value as cvxpy does: every dual variable's value is then the array of the ``y`` positions
+    it reads, which becomes a gather. A dual that is not a plain selection of ``y`` (a linear
+    combination, a rescaling) is reported as unsupported instead of being approximated.
+    """
+    import copy
+
+    import cvxpy as cp
+
+    probe = np.arange(1.0, m + 1.0)
+    raw = {
+        "x": np.zeros(n),
+        "y": probe,
+        "s": np.zeros(m),
+        "info": {"status_val": 1, "solve_time": 0.0, "setup_time": 0.0, "iter": 0, "pobj": 0.0},
+    }
+    try:
+        sol = chain.invert(raw, inverse)
+        if gp is not None:
+            sol = gp[0].invert(sol, gp[1])
+        duals = sol.dual_vars or {}
+    except Exception as e:  # noqa: BLE001 - a chain we cannot trace: say so when a dual is requested
+        return [f"cvxpy's dual recovery could not be traced ({type(e).__name__}: {e})"] * len(problem.constraints)
+    out = []
+    for con in problem.constraints:
+        value = duals.get(con.id)
+        if value is None:
+            out.append("cvxpy reports no dual value for it on this path")
+            continue
+        clone = copy.copy(con)
+        clone.dual_variables = [cp.Variable(dv.shape) for dv in con.dual_variables]
+        try:
+            clone.save_dual_value(value)
+        except Exception as e:  # noqa: BLE001
+            out.append(f"cvxpy could not store its dual value ({type(e).__name__}: {e})")
+            continue
+        outs = []
+        for dv in clone.dual_variables:
+            labels = dv.value
+            if labels is None:
+                outs = "cvxpy does not compute this dual variable"
+                break
+            labels = np.asarray(labels, dtype=float)
+            if not (np.all(labels == np.round(labels)) and np.all((labels >= 1) & (labels <= m))):
+                outs = "cvxpy recovers it as a combination of several solver duals"
+                break
+            outs.append(_Out("gather", np.reshape(labels.astype(np.int64) - 1, dv.shape)))
+        out.append(outs)
+    return out
+
+
+class MissingParameterError(ValueError, AttributeError):
+    """A parameter value is missing (``None``) at call time.
+
+    A :class:`ValueError` (kktbridge's convention) that is also an :class:`AttributeError`,
+    which is what cvxpylayers raises for ``None`` (code written for it keeps working).
+    """
+
+
+_SIGN_ATTRS = {
+    "nonneg": (lambda a: a >= 0, "nonnegative"),
+    "pos": (lambda a: a > 0, "positive"),
+    "nonpos": (lambda a: a <= 0, "nonpositive"),
+    "neg": (lambda a: a < 0, "negative"),
+}
+
+_F64_WARNED = [False]
+
+
+def _warn_float64_truncation() -> None:
+    if _F64_WARNED[0]:
+        return
+    _F64_WARNED[0] = True
+    warnings.warn(
+        "CvxpyLayer: float64 NumPy input is computed in float32 because JAX's x64 mode is off; "
+        "enable it with jax.config.update('jax_enable_x64', True) (or run under jax.enable_x64(True)) "
+        "for float64 results and derivatives",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+class _Out(NamedTuple):
+    """How one output (a primal variable or a constraint's dual variable) is read."""
+
+    kind: str  # "primal", "gather" (indices into y), "psd" (SCS svec slice of y)
+    slot: Any  # _VarSlot for "primal"; index array (dual shape) for "gather"; _DualSlot for "psd"
+
+
 class CvxpyLayer:
     """A differentiable layer ``θ ↦ x*(θ)`` around a parametrised cvxpy problem.
 
     Drop-in for ``cvxpylayers.jax.CvxpyLayer``: ``layer(*param_values)`` returns one array per
-    requested variable. Each parameter value may carry one leading batch axis (batched and
-    unbatched values mix; unbatched ones are broadcast). Differentiable w.r.t. every parameter
-    (``grad``, ``jacfwd``, ``jacrev``, higher order) and composable with ``jit`` and ``vmap``.
+    requested variable, where a "variable" is a primal variable of the problem or a constraint's
+    dual variable (``con.dual_variables[k]``, cvxpy's ``dual_value`` convention). Each parameter
+    value may carry one leading batch axis (batched and unbatched values mix; unbatched ones are
+    broadcast). Differentiable w.r.t. every parameter (``grad``, ``jacfwd``, ``jacrev``, higher
+    order) and composable with ``jit`` and ``vmap``.
 
     Args:
       problem: a DPP-compliant :class:`cvxpy.Problem` (``problem.is_dpp()``; with ``gp=True``,
-        DGP and ``is_dpp("dgp")``).
-      parameters: the problem's parameters, in the order their values will be passed. Every
-        parameter of the problem must be listed.
-      variables: the variables whose optimal values are returned, in order.
+        DGP and ``is_dpp("dgp")``). Parameters need no values.
+      parameters: the problem's parameters, in the order their values will be passed. They must
+        exactly match ``problem.parameters()`` (every parameter, once).
+      variables: the outputs, in order: problem variables and/or constraint dual variables.
       solver: ``None`` (OSQP for QPs, SCS otherwise), ``"osqp"`` (QP path; the problem must be a
-        QP), ``"scs"`` (conic path) or any other registered adapter name; its kind (``qp`` or
-        ``conic``) selects the path.
-      solver_args: default keyword arguments for the bridge: solver options (e.g. ``eps_abs``,
-        ``max_iter`` / ``max_iters``) plus ``on_failure`` and ``solve`` of
-        :func:`~kktbridge.solve_qp` / ``solve_conic``. Overridable per call.
+        QP), ``"scs"`` / ``"clarabel"`` (conic path), any other registered adapter, or a
+        cvxpylayers/cvxpy name (``"MOREAU"``: OSQP for QPs, Clarabel otherwise; ``"DIFFCP"``:
+        SCS; ``cp.SCS``, ``cp.CLARABEL``, ``cp.OSQP``; case-insensitive).
+      solver_args: default options: the bridge's keywords (``on_failure``, ``solve``,
+        ``accept_inaccurate``...) and solver settings, in the solver's own names or in
+        cvxpylayers' vocabulary (``eps``, ``max_iters``, ``tol``, ``acceleration_lookback``,
+        ``solve_method``...), translated per solver. Overridable per call. Unknown names raise
+        ``ValueError`` (listing the valid ones) before any solve.
       gp: the problem is a disciplined geometric program.
 
     Each call is compiled once per layer, batching pattern and option set (``jax.jit``), so
     eager loops do not pay op-by-op dispatch; inside a user's ``jit``/``vmap``/``grad`` the layer
-    simply traces. A failed solve raises :class:`~kktbridge.SolverError` (eagerly) or is reported
-    as NaN with ``solver_args={"on_failure": "nan"}``.
+    simply traces. A failed solve raises :class:`~kktbridge.SolverError` (a ``diffcp.SolverError``
+    when diffcp is installed) eagerly, or is reported as NaN with
+    ``solver_args={"on_failure": "nan"}``.
 
     Raises:
       ValueError: non-DCP/non-DPP problem (naming the offending expression), parameters or
         variables not in the problem, a problem parameter missing from ``parameters``, an unknown
-        solver, or ``solver="osqp"`` for a non-QP.
+        solver or option, ``solver="osqp"`` for a non-QP, a parameter-dependent ``quad_form`` where
+        its parameter cannot be carried (see the module docstring).
       NotImplementedError: unsupported structure (complex or ``diag``/``sparsity`` leaves,
-        ``PowConeND``).
+        ``PowConeND``, a dual variable cvxpy recovers nonlinearly).
 
     Example::
 
         x = cp.Variable(2); A = cp.Parameter((3, 2)); b = cp.Parameter(3)
-        prob = cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b)), [x >= 0])
-        layer = CvxpyLayer(prob, parameters=[A, b], variables=[x])
-        (x_star,) = layer(A_val, b_val)
+        con = x >= 0
+        prob = cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b)), [con])
+        layer = CvxpyLayer(prob, parameters=[A, b], variables=[x, con.dual_variables[0]])
+        x_star, lam = layer(A_val, b_val)
         grads = jax.grad(lambda A, b: layer(A, b)[0].sum(), argnums=(0, 1))(A_val, b_val)
     """
 
@@ -228,9 +456,9 @@ class CvxpyLayer:
         if not isinstance(problem, cp.Problem):
             raise ValueError(f"problem: expected a cvxpy.Problem, got {type(problem).__name__}")
         if not isinstance(parameters, (list, tuple)):
-            raise ValueError("parameters: expected a list or tuple of cvxpy Parameters")
+            raise ValueError("parameters: The layer's parameters must be provided as a list or tuple of cvxpy Parameters")
         if not isinstance(variables, (list, tuple)):
-            raise ValueError("variables: expected a list or tuple of cvxpy Variables")
+            raise ValueError("variables: The layer's variables must be provided as a list or tuple of cvxpy Variables")
         if solver_args is not None and not isinstance(solver_args, Mapping):
             raise ValueError("solver_args: expected a dict of solver options")
         self.problem = problem
@@ -240,26 +468,41 @@ class CvxpyLayer:
         self.solver_args = dict(solver_args or {})
 
         # Membership by id: cvxpy overloads ``==`` (it builds a constraint).
+        match = "The layer's parameters must exactly match problem.parameters"
         problem_params = problem.parameters()
         param_ids = {p.id for p in problem_params}
         for i, p in enumerate(self.parameters):
             if not isinstance(p, cp.Parameter):
-                raise ValueError(f"parameters[{i}]: expected a cvxpy Parameter, got {type(p).__name__}")
+                raise ValueError(f"parameters[{i}]: expected a cvxpy Parameter, got {type(p).__name__} ({match})")
             if p.id not in param_ids:
-                raise ValueError(f"parameters[{i}]: {_name(p)} is not a parameter of the problem")
+                raise ValueError(f"parameters[{i}]: {_name(p)} is not a parameter of the problem ({match})")
         if len(set(p.id for p in self.parameters)) != len(self.parameters):
-            raise ValueError("parameters: contains a parameter twice")
+            raise ValueError(f"parameters: contains a parameter twice ({match})")
         given = {p.id for p in self.parameters}
         missing = [p for p in problem_params if p.id not in given]
         if missing:
-            raise ValueError(f"parameters: the problem's {_name(missing[0])} is missing; list every parameter of the problem")
+            raise ValueError(
+                f"parameters: the problem's {_name(missing[0])} is missing; list every parameter of the problem ({match})"
+            )
         var_ids = {v.id for v in problem.variables()}
+        dual_of = {}  # dual variable id -> (constraint index, position among its dual variables)
+        for ci, con in enumerate(problem.constraints):
+            for k, dv in enumerate(con.dual_variables):
+                dual_of[dv.id] = (ci, k)
+        self._requests = []  # ("primal", None) or ("dual", (constraint index, k)) per output
         for i, v in enumerate(self.variables):
             if not isinstance(v, cp.Variable):
                 raise ValueError(f"variables[{i}]: expected a cvxpy Variable, got {type(v).__name__}")
-            if v.id not in var_ids:
-                raise ValueError(f"variables[{i}]: {_name(v)} is not a variable of the problem")
-        for leaf in list(self.parameters) + list(self.variables):
+            if v.id in var_ids:
+                self._requests.append(("primal", None))
+            elif v.id in dual_of:
+                self._requests.append(("dual", dual_of[v.id]))
+            else:
+                raise ValueError(
+                    f"variables[{i}]: {_name(v)} is not a variable of the problem nor a dual variable of one "
+                    "of its constraints (Variables must be a subset of problem.variables or constraint dual variables)"
+                )
+        for leaf in list(self.parameters) + [v for v, r in zip(self.variables, self._requests) if r[0] == "primal"]:
             if leaf.is_complex():
                 raise NotImplementedError(f"{_name(leaf)}: complex variables/parameters are not supported")
             if getattr(leaf, "_has_dim_reducing_attr", False) and not any(leaf.attributes.get(a) for a in _SYM_ATTRS):
@@ -267,17 +510,24 @@ class CvxpyLayer:
 
         self._jit_cache: dict = {}
         self.solver, path = self._choose_solver(problem, solver)
-        self._canon, self._param_slots, self._var_slots, self._dual_slots = self._canonicalize(problem, path)
+        self._canon, self._param_slots, self._var_slots, self._dual_outs = self._canonicalize(problem, path)
+        self._spec = self._output_spec()
+        translate_options(self.solver, self.solver_args)  # unknown options fail here, not at the first call
 
     # ------------------------------------------------------------------ construction
     def _choose_solver(self, problem: Any, solver: Optional[str]) -> tuple[str, str]:
         from cvxpy.utilities import scopes
 
+        name = None
+        if solver is not None:
+            if not isinstance(solver, str):
+                raise ValueError(f"solver: expected a solver name such as 'osqp' or 'scs', got {solver!r}")
+            name = solver.lower()
         if self.gp:
             if not problem.is_dgp(dpp=True):
                 what = "DGP" if not problem.is_dgp() else "DPP (dgp)"
                 raise ValueError(f"problem: gp=True needs a DGP problem that is {what}-compliant")
-            is_qp = False
+            is_qp, parametric_qf = False, False
         else:
             if not problem.is_dcp():
                 raise ValueError(f"problem: not DCP (disciplined convex); offending: {_dcp_diagnosis(problem, False)}")
@@ -286,27 +536,54 @@ class CvxpyLayer:
                 is_qp = qp_dpp and problem.is_qp()
             if not qp_dpp:
                 raise ValueError(
-                    "problem: not DPP (parameters must enter affinely, cf. cvxpy's DPP rules); offending: "
+                    "problem: not DPP (Problem must be DPP: parameters must enter affinely, cf. cvxpy's DPP rules); offending: "
                     f"{_dcp_diagnosis(problem, True)}"
                 )
-        if solver is None:
+            # DPP only inside cvxpy's quad_form scope: a quad_form(x, P) with a parameter-dependent
+            # P. Only cvxpy's QP canonicalisation of the *objective* carries P as a parameter; any
+            # other canonicalisation would freeze P's current value into constant data.
+            parametric_qf = not problem.is_dpp()
+            if parametric_qf:
+                for i, con in enumerate(problem.constraints):
+                    if not con.is_dcp(dpp=True):
+                        raise ValueError(
+                            f"constraint {i} `{con}`: a quad_form(x, P) with a parameter-dependent P is only "
+                            "supported in the objective (its parameter cannot be carried in a constraint; "
+                            "write it as sum_squares(L.T @ x) <= t with a parameter L, P = L Lᵀ)"
+                        )
+                where = f"objective `{problem.objective}`"
+                if not is_qp:
+                    raise ValueError(
+                        f"{where}: a quad_form(x, P) with a parameter-dependent P is only supported in the "
+                        "objective of a QP (affine constraints); this problem goes to the conic path, which "
+                        "cannot carry P. Write it as sum_squares(L.T @ x) with a parameter L, P = L Lᵀ"
+                    )
+                if name is None:
+                    raise ValueError(
+                        f"{where}: a quad_form(x, P) with a parameter-dependent P needs a QP solver: pass "
+                        "solver='osqp' (or cvxpylayers' solver='MOREAU'); the default solver, like "
+                        "cvxpylayers' default (diffcp), is a conic one that cannot carry P"
+                    )
+        if name is None:
             return ("osqp", "qp") if is_qp else ("scs", "conic")
-        if not isinstance(solver, str):
-            raise ValueError(f"solver: expected a solver name such as 'osqp' or 'scs', got {solver!r}")
-        name = solver.lower()
+        if name in _ALIASES:
+            target = _ALIASES[name]
+            if target is None:  # MOREAU: interior-point QP/conic solver
+                return ("osqp", "qp") if is_qp else ("clarabel", "conic")
+            name = target
         adapter = get_adapter(name)  # raises ValueError for unknown names
         if adapter.kind == "qp":
             if not is_qp:
                 raise ValueError(f"solver: {name!r} needs a QP (quadratic objective, affine constraints); use 'scs'")
             return name, "qp"
         if adapter.kind == "conic":
-            if not problem.is_dpp() and not self.gp:
+            if parametric_qf:
                 raise ValueError(
-                    f"solver: {name!r} (conic path) cannot take a parametric quad_form; offending: "
-                    f"{_dcp_diagnosis(problem, True)}. Use solver='osqp' or write sum_squares(L @ x)"
+                    f"solver: {name!r} (conic path) cannot carry a parameter-dependent quad_form; offending: "
+                    f"{_dcp_diagnosis(problem, True)}. Use solver='osqp' or write sum_squares(L.T @ x)"
                 )
             return name, "conic"
-        raise ValueError(f"solver: {name!r} solves {adapter.kind} problems; expected a 'qp' or 'conic' solver")
+        raise ValueError(f"solver: {name!r} is a {adapter.kind} solver; CvxpyLayer needs a 'qp' or 'conic' one")
 
     def _canonicalize(self, problem: Any, path: str):
         import cvxpy as cp
@@ -316,17 +593,19 @@ class CvxpyLayer:
         gp_params: dict = {}
         var_map_extra: dict = {}
         target = problem
+        gp = None
         if self.gp:
             dgp2dcp = cp.reductions.Dgp2Dcp(problem)
-            target, _ = dgp2dcp.apply(problem)
+            target, gp_inverse = dgp2dcp.apply(problem)
+            gp = (dgp2dcp, gp_inverse)
             gp_params = dict(dgp2dcp.canon_methods._parameters)  # original -> log-space parameter
             var_map_extra = {k: v[0] for k, v in dgp2dcp.var_id_map.items()}
         scope = scopes.quad_form_dpp_scope() if path == "qp" else contextlib.nullcontext()
         with scope:
             if path == "qp":
-                data, chain, _ = target.get_problem_data(solver=cp.OSQP)
+                data, chain, inverse = target.get_problem_data(solver=cp.OSQP)
             else:
-                data, chain, _ = target.get_problem_data(solver=cp.SCS, solver_opts={"use_quad_obj": False})
+                data, chain, inverse = target.get_problem_data(solver=cp.SCS, solver_opts={"use_quad_obj": False})
         pp = data[cp.settings.PARAM_PROB]
         var_ids = chain.compose_var_id_map()
         if any(len(v) > 1 for v in var_ids.values()):
@@ -365,14 +644,21 @@ class CvxpyLayer:
             if getattr(p, "_has_dim_reducing_attr", False):
                 triu = tuple(np.triu_indices(p.shape[-1]))
             if cid not in pp.param_id_to_col:
-                start, size = -1, 0  # parameter does not affect the solver data
-            else:
-                start, size = int(pp.param_id_to_col[cid]), int(pp.param_id_to_size[cid])
+                # cvxpy keeps every parameter of a DPP problem as a column of its parameter map;
+                # one that is missing was evaluated into constant data (its current value frozen).
+                raise ValueError(
+                    f"parameters: {_name(p)} does not reach the solver data: cvxpy froze its current value "
+                    "into the problem (not DPP on this path); rewrite the expression it appears in"
+                )
+            start, size = int(pp.param_id_to_col[cid]), int(pp.param_id_to_size[cid])
             param_slots.append(_ParamSlot(tuple(p.shape), start, size, triu, p in gp_params))
 
-        # Variables -> slices of x.
+        # Primal variables -> slices of x.
         var_slots = []
-        for v in self.variables:
+        for v, (kind, _) in zip(self.variables, self._requests):
+            if kind != "primal":
+                var_slots.append(None)
+                continue
             vid = var_map_extra.get(v.id, v.id)
             cid = var_ids.get(vid, vid)
             if cid not in pp.var_id_to_col:
@@ -381,38 +667,77 @@ class CvxpyLayer:
             size = len(triu[0]) if triu is not None else int(v.size)
             var_slots.append(_VarSlot(tuple(v.shape), int(pp.var_id_to_col[cid]), size, triu, self.gp))
 
-        # Constraints -> slices of y (cvxpy's dual_value convention); None when unsupported.
+        # Constraints -> their dual variables read from y (cvxpy's dual_value convention).
         offsets, off = {}, 0
         for c in pp.constraints:
             size = c.shape[0] * (c.shape[0] + 1) // 2 if type(c) is cp.constraints.PSD else c.size
             offsets[c.id] = (off, size, c)
             off += size
-        dual_slots = []
-        for con in problem.constraints if not self.gp else []:
+        if path == "conic":
+            traced = _trace_conic_duals(problem, chain, inverse, gp, n, m)
+        dual_outs = []  # per constraint: a list (one _Out per dual variable) or a reason string
+        for ci, con in enumerate(problem.constraints):
             cid = constr_ids.get(con.id, con.id)
-            if cid not in offsets:
-                dual_slots.append(None)
-                continue
-            start, size, canon_con = offsets[cid]
-            if isinstance(canon_con, (cp.constraints.Zero, cp.constraints.NonNeg)):
-                dual_slots.append(_DualSlot(tuple(con.shape), start, size, "reshape", 0))
-            elif isinstance(canon_con, _psd_types(cp)):
-                if len(con.shape) != 2:  # a stack of PSD cones: not unpacked
-                    dual_slots.append(None)
-                else:
-                    dual_slots.append(_DualSlot(tuple(con.shape), start, size, "psd", con.shape[0]))
+            if isinstance(con, _psd_types(cp)) and cid in offsets and len(con.shape) == 2:
+                start, size, _ = offsets[cid]
+                dual_outs.append([_Out("psd", _DualSlot(tuple(con.shape), start, size, "psd", con.shape[0]))])
+            elif path == "qp":
+                if cid not in offsets:
+                    dual_outs.append("it has no rows in the canonical problem")
+                    continue
+                start, size, _ = offsets[cid]
+                idx = np.reshape(start + np.arange(size), con.shape, order="F")
+                dual_outs.append([_Out("gather", idx)])
             else:
-                dual_slots.append(_DualSlot((size,), start, size, "flat", 0))
+                dual_outs.append(traced[ci])
         canon = _Canon(path, n, m, n_zero, cone, p_map, q_map, ab_map, total)
-        return canon, tuple(param_slots), tuple(var_slots), tuple(dual_slots)
+        return canon, tuple(param_slots), tuple(var_slots), tuple(dual_outs)
+
+    def _output_spec(self) -> tuple:
+        spec = []
+        for i, (kind, where) in enumerate(self._requests):
+            if kind == "primal":
+                spec.append(_Out("primal", self._var_slots[i]))
+                continue
+            ci, k = where
+            outs = self._dual_outs[ci]
+            if isinstance(outs, str):
+                raise NotImplementedError(
+                    f"variables[{i}]: the dual of constraint {ci} (`{self.problem.constraints[ci]}`) cannot be "
+                    f"recovered: {outs}"
+                )
+            spec.append(outs[k])
+        return tuple(spec)
+
+    def _dual_spec(self) -> tuple:
+        """One output per constraint for :meth:`with_duals` (several dual variables: concatenated)."""
+        spec = []
+        for ci, outs in enumerate(self._dual_outs):
+            if isinstance(outs, str):
+                raise NotImplementedError(
+                    f"with_duals: the dual of constraint {ci} (`{self.problem.constraints[ci]}`) cannot be recovered: {outs}"
+                )
+            if len(outs) == 1:
+                spec.append(outs[0])
+            else:  # e.g. SOC (t, X): the dual variables' values raveled and concatenated
+                spec.append(_Out("gather", np.concatenate([np.ravel(o.slot) for o in outs])))
+        return tuple(spec)
 
     # ------------------------------------------------------------------ evaluation
     def _check_params(self, params: Sequence[Any]) -> tuple[list[jax.Array], list[bool], Optional[int]]:
         if len(params) != len(self.parameters):
-            raise ValueError(f"params: expected {len(self.parameters)} arrays (one per parameter), got {len(params)}")
+            raise ValueError(
+                f"params: expected {len(self.parameters)} arrays (one per parameter), got {len(params)} "
+                f"(A tensor must be provided for each CVXPY parameter; received {len(params)} tensors, "
+                f"expected {len(self.parameters)})"
+            )
         arrays, batched, sizes = [], [], []
         for i, (value, p, slot) in enumerate(zip(params, self.parameters, self._param_slots)):
             label = f"parameter {i} ({p.name()})"
+            if value is None:
+                raise MissingParameterError(f"{label}: got None; a value must be provided for each CVXPY parameter")
+            if isinstance(value, np.ndarray) and value.dtype == np.float64 and not jax.config.jax_enable_x64:
+                _warn_float64_truncation()
             try:
                 arr = jnp.asarray(value)
             except TypeError:
@@ -420,23 +745,60 @@ class CvxpyLayer:
             if not jnp.issubdtype(arr.dtype, jnp.floating):
                 arr = arr.astype(jnp.result_type(float))
             shape = slot.shape
-            if arr.shape == shape:
+            if arr.ndim == len(shape):
+                if arr.shape != shape:
+                    raise ValueError(
+                        f"{label}: expected shape {shape} or (batch, *{shape}), got {tuple(arr.shape)} "
+                        f"(Invalid parameter shape for parameter {i})"
+                    )
                 batched.append(False)
-            elif arr.ndim == len(shape) + 1 and arr.shape[1:] == shape:
+            elif arr.ndim == len(shape) + 1:
+                if arr.shape[1:] != shape:
+                    raise ValueError(
+                        f"{label}: expected shape {shape} or (batch, *{shape}), got {tuple(arr.shape)} "
+                        f"(Invalid parameter shape for parameter {i})"
+                    )
                 batched.append(True)
                 sizes.append(arr.shape[0])
             else:
-                raise ValueError(f"{label}: expected shape {shape} or (batch, *{shape}), got {tuple(arr.shape)}")
-            if _common.is_concrete(arr):
-                a = np.asarray(arr)
-                if not np.all(np.isfinite(a)):
-                    raise ValueError(f"{label}: contains NaN or inf")
-                if slot.log and not np.all(a > 0):
-                    raise ValueError(f"{label}: a geometric program's parameters must be positive")
+                raise ValueError(
+                    f"{label}: expected {len(shape)} or {len(shape) + 1} dimensions (shape {shape} or (batch, *{shape})), "
+                    f"got shape {tuple(arr.shape)} (Invalid parameter dimensionality for parameter {i})"
+                )
+            if is_concrete(arr):
+                self._check_value(label, p, slot, np.asarray(arr), batched[-1])
             arrays.append(arr)
         if len(set(sizes)) > 1:
-            raise ValueError(f"params: batched parameters have different batch sizes {sizes}")
+            got = [int(a.shape[0]) if b else 0 for a, b in zip(arrays, batched)]
+            raise ValueError(
+                f"params: batched parameters have different batch sizes {sizes} (Inconsistent batch sizes: "
+                f"per parameter {got}, 0 = unbatched)"
+            )
         return arrays, batched, (sizes[0] if sizes else None)
+
+    @staticmethod
+    def _check_value(label: str, p: Any, slot: _ParamSlot, a: np.ndarray, batched: bool) -> None:
+        """Reject values cvxpy itself would reject for this parameter (NaN/inf, sign, definiteness)."""
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{label}: contains NaN or inf")
+        if slot.log and not np.all(a > 0):
+            raise ValueError(f"{label}: a geometric program's parameters must be positive")
+        for attr, (ok, word) in _SIGN_ATTRS.items():
+            if p.attributes.get(attr) and not np.all(ok(a)):
+                raise ValueError(f"{label}: the parameter is declared {attr}=True, so its value must be {word}")
+        for attr, sign in (("PSD", 1.0), ("NSD", -1.0)):
+            if p.attributes.get(attr):
+                # Like cvxpylayers, only the upper triangle is read: check the matrix it defines.
+                upper = np.triu(a)
+                sym = upper + np.swapaxes(upper, -1, -2) - np.triu(np.tril(a))
+                eig = np.linalg.eigvalsh(sign * sym)
+                scale = max(1.0, float(np.abs(eig).max(initial=0.0)))
+                if np.any(eig < -1e-8 * scale):
+                    word = "positive" if sign > 0 else "negative"
+                    raise ValueError(
+                        f"{label}: the parameter is declared {attr}=True, but its value (read from the upper "
+                        f"triangle) is not {word} semidefinite (eigenvalue {float(sign * eig.min()):.3g})"
+                    )
 
     def _theta(self, params: Sequence[jax.Array], used_by: Optional[_SparseMap] = None) -> jax.Array:
         """Flat parameter vector ``θ̄`` (cvxpy's column order, column-major flattening, then 1).
@@ -450,8 +812,6 @@ class CvxpyLayer:
         dtype = jnp.result_type(*params) if params else jnp.result_type(float)
         theta = jnp.zeros((c.total + 1,), dtype).at[c.total].set(1.0)
         for value, slot in zip(params, self._param_slots):
-            if slot.start < 0:
-                continue
             if used_by is not None and not np.any((used_by.cols >= slot.start) & (used_by.cols < slot.start + slot.size)):
                 continue
             v = jnp.log(value) if slot.log else value
@@ -459,7 +819,7 @@ class CvxpyLayer:
             theta = theta.at[slot.start : slot.start + slot.size].set(flat.astype(dtype))
         return theta
 
-    def _solve_single(self, params: Sequence[jax.Array], options: dict) -> tuple[jax.Array, jax.Array]:
+    def _solve_single(self, params: Sequence[jax.Array], solver: str, options: dict) -> tuple[jax.Array, jax.Array]:
         """Primal ``x`` and conic dual ``y`` of one instance."""
         from kktbridge.bridges._qp import solve_qp
 
@@ -477,7 +837,7 @@ class CvxpyLayer:
             else:
                 P = jnp.zeros((c.n, c.n), q.dtype)
             # Rows of A x + b ∈ {0}^z × R_+^l:  A_z x = -b_z,  -A_l x ≤ b_l.
-            sol = solve_qp(P, q, A[:z], -b[:z], -A[z:], b[z:], solver=self.solver, **options)
+            sol = solve_qp(P, q, A[:z], -b[:z], -A[z:], b[z:], solver=solver, **options)
             # cvxpy's QP interface reports OSQP's multipliers (ν, λ) as the duals of these rows
             # (its QP chain orients equalities so that this agrees with the conic chain's y).
             y = jnp.concatenate([sol.eq_dual, sol.ineq_dual])
@@ -485,12 +845,13 @@ class CvxpyLayer:
         from kktbridge.bridges._conic import solve_conic
 
         # SCS form: (-A) x + s = b, s ∈ K.
-        sol = solve_conic(-A, b, q, c.cone, solver=self.solver, **options)
+        sol = solve_conic(-A, b, q, c.cone, solver=solver, **options)
         return sol.x, sol.y
 
-    def _outputs(self, x: jax.Array, y: jax.Array, duals: bool):
-        outs = []
-        for slot in self._var_slots:
+    @staticmethod
+    def _read(out: _Out, x: jax.Array, y: jax.Array) -> jax.Array:
+        if out.kind == "primal":
+            slot = out.slot
             seg = x[slot.start : slot.start + slot.size]
             if slot.triu is not None:
                 k = slot.shape[-1]
@@ -498,70 +859,60 @@ class CvxpyLayer:
                 val = upper + upper.T - jnp.diag(jnp.diag(upper))
             else:
                 val = jnp.reshape(seg, slot.shape, order="F")
-            outs.append(jnp.exp(val) if slot.exp else val)
-        if not duals:
-            return tuple(outs)
-        dvals = []
-        for slot in self._dual_slots:
-            seg = y[slot.start : slot.start + slot.size]
-            if slot.kind == "reshape":
-                dvals.append(jnp.reshape(seg, slot.shape, order="F"))
-            elif slot.kind == "psd":
-                # SCS svec: lower triangle column by column, off-diagonals scaled by √2.
-                k = slot.order
-                rows, cols = np.triu_indices(k)  # (col, row) of the lower triangle, column-major
-                scale = np.where(rows == cols, 1.0, 1.0 / np.sqrt(2.0))
-                low = jnp.zeros((k, k), y.dtype).at[cols, rows].set(seg * scale)
-                dvals.append(low + low.T - jnp.diag(jnp.diag(low)))
-            else:
-                dvals.append(seg)
-        return tuple(outs), tuple(dvals)
+            return jnp.exp(val) if slot.exp else val
+        if out.kind == "gather":
+            return y[out.slot]
+        # "psd": SCS svec, lower triangle column by column, off-diagonals scaled by √2.
+        slot = out.slot
+        seg = y[slot.start : slot.start + slot.size]
+        k = slot.order
+        rows, cols = np.triu_indices(k)  # (col, row) of the lower triangle, column-major
+        scale = np.where(rows == cols, 1.0, 1.0 / np.sqrt(2.0))
+        low = jnp.zeros((k, k), y.dtype).at[cols, rows].set(seg * scale)
+        return low + low.T - jnp.diag(jnp.diag(low))
 
     def _run(self, params: Sequence[Any], solver_args: Optional[Mapping[str, Any]], duals: bool):
         if solver_args is not None and not isinstance(solver_args, Mapping):
             raise ValueError("solver_args: expected a dict of solver options")
+        spec = self._spec
         if duals:
             if self.gp:
-                raise NotImplementedError("with_duals: dual values of geometric programs are not supported")
-            bad = [i for i, s in enumerate(self._dual_slots) if s is None]
-            if bad:
-                raise NotImplementedError(
-                    f"with_duals: the dual of constraint {bad[0]} (`{self.problem.constraints[bad[0]]}`) cannot be recovered"
-                )
-        options = {**self.solver_args, **(solver_args or {})}
+                raise NotImplementedError("with_duals: use variables=[..., con.dual_variables[0]] for geometric programs")
+            spec = spec + self._dual_spec()
+        solver, options = translate_options(self.solver, {**self.solver_args, **(solver_args or {})})
         arrays, batched, batch = self._check_params(params)
         in_axes = None if batch is None else tuple(0 if b else None for b in batched)
         try:
-            key = (duals, in_axes, tuple(sorted(options.items())))
+            key = (duals, in_axes, solver, tuple(sorted(options.items())))
             hash(key)
         except TypeError:  # unhashable option values: run op by op
-            return self._build(options, duals, in_axes)(*arrays)
+            return self._build(spec, solver, options, in_axes)(*arrays)
         fn = self._jit_cache.get(key)
         if fn is None:
             # Compiled once per (outputs, batching pattern, options); JAX retraces per shape/dtype.
             # Eager callers (cvxpylayers-style loops) then pay one compilation, not op-by-op
             # dispatch of the implicit-differentiation machinery.
-            fn = self._jit_cache[key] = jax.jit(self._build(options, duals, in_axes))
+            fn = self._jit_cache[key] = jax.jit(self._build(spec, solver, options, in_axes))
         try:
             return fn(*arrays)
         except (jax.errors.JaxRuntimeError, ValueError):  # a cached executable reports ValueError
-            if not all(_common.is_concrete(a) for a in arrays):
+            if not all(is_concrete(a) for a in arrays):
                 raise
             # A solver failure raised inside the compiled call: rerun op by op so that the bridge
             # raises its own SolverError (with status) instead of XLA's wrapped runtime error.
-            return self._build(options, duals, in_axes)(*arrays)
+            return self._build(spec, solver, options, in_axes)(*arrays)
 
-    def _build(self, options: dict, duals: bool, in_axes: Optional[tuple]):
+    def _build(self, spec: tuple, solver: str, options: dict, in_axes: Optional[tuple]):
         def single(*ps):
-            x, y = self._solve_single(ps, options)
-            return self._outputs(x, y, duals)
+            x, y = self._solve_single(ps, solver, options)
+            return tuple(self._read(o, x, y) for o in spec)
 
         if in_axes is None:
             return single
         return jax.vmap(single, in_axes=in_axes)
 
     def __call__(self, *params: Any, solver_args: Optional[Mapping[str, Any]] = None) -> tuple[jax.Array, ...]:
-        """Optimal values of the requested variables, one array per variable.
+        """Optimal values of the requested variables (primal or dual), one array per variable.
 
         Args:
           *params: one array per parameter (same order as ``parameters``), each of the
@@ -578,19 +929,23 @@ class CvxpyLayer:
     ) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
         """Like :meth:`__call__`, plus one dual value per ``problem.constraints`` entry.
 
-        Duals follow cvxpy's ``constraint.dual_value`` convention (``λ ≥ 0`` for inequalities,
-        equality multipliers with cvxpy's sign); a second-order-cone constraint yields its dual
-        cone vector ``(t, x)`` flattened, a PSD constraint the symmetric dual matrix. All are
+        A convenience over requesting every ``con.dual_variables[k]`` in ``variables`` (same
+        machinery). Duals follow cvxpy's ``constraint.dual_value`` convention (``λ ≥ 0`` for
+        inequalities, equality multipliers with cvxpy's sign, the symmetric dual matrix of a PSD
+        constraint); a constraint with several dual variables (second-order cone: ``(t, X)``,
+        exponential and power cones) yields their values raveled and concatenated. All are
         differentiable like the primal outputs.
 
         Returns:
           ``(variables, duals)``.
         """
-        return self._run(params, solver_args, duals=True)
+        out = self._run(params, solver_args, duals=True)
+        k = len(self.variables)
+        return tuple(out[:k]), tuple(out[k:])
 
     @property
     def path(self) -> str:
-        """``"qp"`` (OSQP via ``solve_qp``) or ``"conic"`` (SCS via ``solve_conic``)."""
+        """``"qp"`` (OSQP via ``solve_qp``) or ``"conic"`` (SCS/Clarabel via ``solve_conic``)."""
         return self._canon.path
 
     def __repr__(self) -> str:

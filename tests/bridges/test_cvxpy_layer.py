@@ -285,7 +285,7 @@ def test_parametric_quad_form_on_qp_path():
     prob = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, P) + q @ x), [x >= 0, cp.sum(x) == 1])
     M = rng.normal(size=(n, n))
     Pv, qv = M @ M.T + np.eye(n), np.array([0.2, -0.1, 0.05])
-    layer = CvxpyLayer(prob, [P, q], [x])
+    layer = CvxpyLayer(prob, [P, q], [x], solver="osqp")
     assert layer.path == "qp"
     cvxpy_solve(prob, [P, q], [Pv, qv])
     np.testing.assert_allclose(layer(Pv, qv)[0], x.value, atol=1e-7)
@@ -294,6 +294,9 @@ def test_parametric_quad_form_on_qp_path():
     assert rel_err(jax.jacrev(f)(Pv), fd_jacobian(f, Pv, eps=FD_EPS)) < FD_TOL
     with pytest.raises(ValueError, match="quad_form"):
         CvxpyLayer(prob, [P, q], [x], solver="scs")
+    # As in cvxpylayers, the default (conic) solver refuses it instead of freezing P.
+    with pytest.raises(ValueError, match=r"quad_form.*solver='osqp'"):
+        CvxpyLayer(prob, [P, q], [x])
 
 
 def test_geometric_program_closed_form():
