@@ -5,8 +5,11 @@ that Markdown does not know; this rewrites them before rendering:
 
 * ``.. math::`` directives (inline or indented block) -> ``$$ ... $$`` display math (arithmatex);
 * ``:math:`...``` -> ``$...$`` inline math;
-* cross-reference roles ``:func:`~pkg.mod.name``` / ``:class:`...``` / ... -> a code span with the
-  name (``~`` keeps only the last component, as in Sphinx);
+* cross-reference roles ``:func:`~pkg.mod.name``` / ``:class:`...``` / ... -> a link to the API
+  reference when the target is a public name (``kktbridge.__all__`` and the ``__all__`` of the
+  namespaces documented there, also when the docstring names it by a private path such as
+  ``kktbridge.bridges._conic.solve_conic``), else a code span (``~`` keeps only the last component
+  of the title, as in Sphinx);
 * a literal-block marker ``Example::`` -> ``Example:`` (the indented block stays a code block);
 * an ``Args:`` entry naming several parameters (``A, b: ...``) -> one entry per parameter, the
   later ones pointing to the first (Google style has one name per entry).
@@ -16,9 +19,45 @@ Loaded by ``mkdocs.yml`` (``plugins.mkdocstrings.handlers.python.options.extensi
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import griffe
+
+_PACKAGE = Path(__file__).resolve().parent.parent / "kktbridge"
+_NAMESPACES = ("linear_solve", "optimality", "projection", "prox", "torch")  # the API reference pages
+
+
+def _all(path: Path) -> list[str]:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    return []
+
+
+def _public_ids() -> tuple[set[str], dict[str, list[str]]]:
+    ids = {f"kktbridge.{n}" for n in _all(_PACKAGE / "__init__.py")} | {"kktbridge"}
+    for ns in _NAMESPACES:
+        ids |= {f"kktbridge.{ns}"} | {f"kktbridge.{ns}.{n}" for n in _all(_PACKAGE / f"{ns}.py")}
+    by_name: dict[str, list[str]] = {}
+    for identifier in ids:
+        by_name.setdefault(identifier.rsplit(".", 1)[-1], []).append(identifier)
+    return ids, by_name
+
+
+_IDS, _BY_NAME = _public_ids()
+
+
+def _resolve(target: str) -> str | None:
+    """The API-reference identifier documenting ``target``, if it is unambiguous."""
+    if target in _IDS:
+        return target
+    last = target.rsplit(".", 1)[-1]
+    if f"kktbridge.{last}" in _IDS:
+        return f"kktbridge.{last}"
+    candidates = _BY_NAME.get(last, [])
+    return candidates[0] if len(candidates) == 1 else None
 
 _ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|obj|exc|const|ref|py:\w+):`(~?)([^`]+)`")
 _MATH_ROLE = re.compile(r":math:`([^`]+)`")
@@ -29,10 +68,12 @@ def _role(match: re.Match) -> str:
     tilde, target = match.groups()
     target = target.strip()
     if "<" in target and target.endswith(">"):  # :func:`title <target>`
-        return f"`{target.split('<')[0].strip()}`"
-    if tilde:
-        target = target.rsplit(".", 1)[-1]
-    return f"`{target}`"
+        title, target = target[:-1].split("<", 1)
+        title, target = title.strip(), target.strip()
+    else:
+        title = target.rsplit(".", 1)[-1] if tilde else target
+    identifier = _resolve(target)
+    return f"[`{title}`][{identifier}]" if identifier else f"`{title}`"
 
 
 def _math_blocks(text: str) -> str:
