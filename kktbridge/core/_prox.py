@@ -31,6 +31,7 @@ __all__ = [
     "prox_ridge",
     "prox_non_negative_ridge",
     "prox_group_lasso",
+    "make_prox_from_projection",
 ]
 
 
@@ -96,27 +97,29 @@ def prox_non_negative_lasso(x: PyTree, hyperparams: Any = None, scaling: Any = 1
 
 
 def prox_elastic_net(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
-    r"""Prox of the elastic net :math:`g(y) = \lambda_1 \|y\|_1 + \tfrac{\lambda_2}{2} \|y\|_2^2`:
+    r"""Prox of the elastic net :math:`g(y) = \lambda \big(\|y\|_1 + \tfrac{\gamma}{2} \|y\|_2^2\big)`:
 
-    .. math::  \mathrm{prox}_{s g}(x) = \frac{\mathrm{sign}(x) \max(|x| - s\lambda_1, 0)}{1 + s\lambda_2}.
+    .. math::  \mathrm{prox}_{s g}(x) = \frac{\mathrm{sign}(x) \max(|x| - s\lambda, 0)}{1 + s\lambda\gamma}.
 
-    Note the parametrisation ``(l1, l2)`` of the two strengths; JAXopt uses ``(λ, γ)`` with
-    :math:`\lambda_1 = \lambda`, :math:`\lambda_2 = \lambda\gamma`.
+    JAXopt's parametrisation ``(λ, γ)``: the l1 strength is :math:`\lambda` and the l2 strength
+    :math:`\lambda\gamma`. (Before the JAXopt-compatibility release kktbridge read
+    ``hyperparams`` as ``(l1, l2)``; to keep strengths ``(l1, l2)`` pass ``(l1, l2 / l1)``.)
 
     Args:
       x: array or pytree.
-      hyperparams: ``(l1, l2)``, both :math:`\ge 0` (default ``(1.0, 1.0)``).
+      hyperparams: ``(lam, gamma)``, both :math:`\ge 0` (default ``(1.0, 1.0)``); each a scalar, an
+        array broadcastable to every leaf, or a pytree with the structure of ``x``.
       scaling: :math:`s \ge 0`.
     """
     if hyperparams is None:
         hyperparams = (1.0, 1.0)
     if not isinstance(hyperparams, (tuple, list)) or len(hyperparams) != 2:
-        raise ValueError("hyperparams: prox_elastic_net expects a pair (l1, l2)")
-    l1, l2 = hyperparams
-    check_nonnegative("hyperparams[0] (l1 strength)", l1)
-    check_nonnegative("hyperparams[1] (l2 strength)", l2)
+        raise ValueError("hyperparams: prox_elastic_net expects a pair (lam, gamma)")
+    lam, gamma = hyperparams
+    check_nonnegative("hyperparams[0] (l1 strength lam)", lam)
+    check_nonnegative("hyperparams[1] (l2 ratio gamma)", gamma)
     check_nonnegative("scaling", scaling)
-    return _map(lambda leaf, a, b: _soft(leaf, scaling * a) / (1 + scaling * b), x, l1, l2)
+    return _map(lambda leaf, a, b: _soft(leaf, scaling * a) / (1 + scaling * a * b), x, lam, gamma)
 
 
 def prox_ridge(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
@@ -173,3 +176,27 @@ def prox_group_lasso(x: jax.Array, hyperparams: Any = None, scaling: Any = 1.0) 
     # Guard the norm so that x = 0 (always zeroed) gives a finite gradient.
     norm = jnp.sqrt(jnp.where(shrink, sq, 1.0))
     return jnp.where(shrink, 1 - t / norm, 0.0) * x
+
+
+def make_prox_from_projection(projection: Callable) -> Callable:
+    r"""Turn a projection onto a convex set :math:`C` into the prox of its indicator :math:`\iota_C`.
+
+    .. math::  \mathrm{prox}_{s\,\iota_C}(x) = \operatorname*{argmin}_y \tfrac12\|y - x\|^2
+               + s\,\iota_C(y) = \mathrm{proj}_C(x) \quad \text{for every } s > 0,
+
+    so ``scaling`` is ignored.
+
+    Args:
+      projection: ``projection(x, hyperparams) -> z``, e.g. :func:`kktbridge.projection.projection_simplex`.
+
+    Returns:
+      ``prox(x, hyperparams=None, scaling=1.0)`` calling ``projection(x, hyperparams)``.
+    """
+
+    def prox(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
+        del scaling  # the indicator is invariant to positive scaling
+        return projection(x, hyperparams)
+
+    prox.__name__ = f"prox_from_{getattr(projection, '__name__', 'projection')}"
+    prox.__doc__ = f"Prox of the indicator of the set of ``{getattr(projection, '__name__', 'projection')}``."
+    return prox

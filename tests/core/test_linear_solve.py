@@ -11,9 +11,9 @@ from jax.flatten_util import ravel_pytree
 import kktbridge.core._linear_solve as ls_impl
 from kktbridge import linear_solve as ls
 
-ALL = ["auto", "lu", "cholesky", "lstsq", "cg", "normal_cg", "gmres", "bicgstab"]
-GENERAL = ["auto", "lu", "lstsq", "normal_cg", "gmres", "bicgstab"]  # no symmetry required
-DIRECT = {"auto", "lu", "cholesky", "lstsq"}
+ALL = ["auto", "lu", "cholesky", "inv", "qr", "lstsq", "cg", "normal_cg", "gmres", "bicgstab"]
+GENERAL = ["auto", "lu", "inv", "qr", "lstsq", "normal_cg", "gmres", "bicgstab"]  # no symmetry required
+DIRECT = {"auto", "lu", "cholesky", "inv", "qr", "lstsq"}
 
 # Direct solvers are exact up to round-off on these well-conditioned (cond < ~10) systems. The
 # iterative ones stop at a relative residual of 1e-10 (their default ``tol``), which bounds the
@@ -159,8 +159,8 @@ def test_solution_is_differentiable(rng, name):
 
 
 def test_unknown_solver_name_raises():
-    with pytest.raises(ValueError, match="solve: unknown linear solver 'qr'"):
-        ls.resolve_solver("qr")
+    with pytest.raises(ValueError, match="solve: unknown linear solver 'svd'"):
+        ls.resolve_solver("svd")
     with pytest.raises(ValueError, match="solve: expected a callable"):
         ls.resolve_solver(3)
 
@@ -176,6 +176,100 @@ def test_public_namespace():
     assert set(ls.__all__) >= {
         "solve_auto", "solve_lu", "solve_cholesky", "solve_lstsq", "solve_cg", "solve_normal_cg",
         "solve_gmres", "solve_bicgstab", "LinearSolver", "DENSE_MAX_SIZE",
+        "solve_inv", "solve_qr", "solve_iterative_refinement",
     }
     for name in ls.__all__:
         assert getattr(ls, name) is getattr(ls_impl, name)
+
+
+# --------------------------------------------------------------------------------------------
+# JAXopt-compatible additions (issue 15): solve_inv, solve_qr, solve_iterative_refinement and
+# the private helpers JAXopt's users reach (_materialize_array, _make_rmatvec, _normal_matvec)
+# --------------------------------------------------------------------------------------------
+
+DTYPES = [np.float32, np.float64]
+
+
+def _rtol(dtype, rtol64):
+    # float32: the systems have cond < ~10, so a backward-stable solve is accurate to
+    # ~cond * n * eps32 ~ 1e-5 relative; inv is not backward stable (cond^2), same bound here.
+    return 2e-5 if dtype == np.float32 else rtol64
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["solve_inv", "solve_qr", "solve_lu"])
+def test_dense_solvers_both_precisions(rng, dtype, name):
+    A, b = _nonsym(rng, 6), rng.standard_normal(6)
+    solve = getattr(ls, name)
+    x = solve(_matvec(A.astype(dtype)), jnp.asarray(b, dtype))
+    assert x.dtype == dtype
+    np.testing.assert_allclose(x, np.linalg.solve(A.astype(dtype).astype(np.float64), b.astype(dtype)), rtol=_rtol(dtype, 1e-12))
+    x = solve(_matvec(A.astype(dtype)), jnp.asarray(b, dtype), ridge=0.5)
+    np.testing.assert_allclose(x, np.linalg.solve(A + 0.5 * np.eye(6), b), rtol=_rtol(dtype, 1e-12))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_iterative_refinement_converges_to_the_exact_solution(rng, dtype):
+    A, b = _nonsym(rng, 6), rng.standard_normal(6)
+    Aj, bj = jnp.asarray(A, dtype), jnp.asarray(b, dtype)
+    exact = np.linalg.solve(A.astype(dtype).astype(np.float64), b.astype(dtype))
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    x = ls.solve_iterative_refinement(_matvec(Aj), bj, tol=tol)
+    assert x.dtype == dtype
+    np.testing.assert_allclose(x, exact, rtol=_rtol(dtype, 1e-12))
+    # A crude inner solve -- A + 0.5 I, i.e. a biased answer on its own -- is refined to the
+    # unbiased solution: the error contracts by rho(I - (A + 0.5 I)^{-1} A) < 1 per step.
+    biased = np.linalg.solve(A + 0.5 * np.eye(6), b)
+    assert np.abs(biased - exact).max() > 0.05
+    x = ls.solve_iterative_refinement(_matvec(Aj), bj, maxiter=200, tol=tol, solve=ls.solve_lu, ridge=0.5)
+    np.testing.assert_allclose(x, exact, rtol=_rtol(dtype, 1e-12))
+    D = jnp.asarray(np.diag(np.diag(A)) + 1.5 * np.eye(6), dtype)  # Jacobi-like inner matrix
+    x = ls.solve_iterative_refinement(_matvec(Aj), bj, maxiter=500, tol=tol, solve=ls.solve_lu, matvec_A_bar=_matvec(D))
+    np.testing.assert_allclose(x, exact, rtol=_rtol(dtype, 1e-12))
+    # maxiter bounds the work: one step of the biased inner solve is the biased solution.
+    x1 = ls.solve_iterative_refinement(_matvec(Aj), bj, maxiter=1, tol=0.0, solve=ls.solve_lu, ridge=0.5)
+    np.testing.assert_allclose(x1, biased, rtol=_rtol(dtype, 1e-12))
+    # A warm start at the solution stops at once.
+    x0 = jnp.asarray(exact, dtype)
+    np.testing.assert_array_equal(ls.solve_iterative_refinement(_matvec(Aj), bj, init=x0, tol=1.0, solve=ls.solve_lu, ridge=0.5), x0)
+
+
+def test_iterative_refinement_derivatives_and_pytrees(rng):
+    A, b, dA, db = _nonsym(rng, 5), rng.standard_normal(5), rng.standard_normal((5, 5)), rng.standard_normal(5)
+
+    def solve(A, b):
+        return ls.solve_iterative_refinement(lambda u: A @ u, b, tol=1e-14, maxiter=50, solve=ls.solve_lu, ridge=0.3)
+
+    x = np.linalg.solve(A, b)
+    _, x_dot = jax.jvp(solve, (jnp.asarray(A), jnp.asarray(b)), (jnp.asarray(dA), jnp.asarray(db)))
+    np.testing.assert_allclose(x_dot, np.linalg.solve(A, db - dA @ x), rtol=1e-10)
+    # Reverse mode (the transposed system is refined on A^T): d(c^T x)/db = A^{-T} c.
+    c = rng.standard_normal(5)
+    gA, gb = jax.grad(lambda A, b: jnp.dot(jnp.asarray(c), solve(A, b)), argnums=(0, 1))(jnp.asarray(A), jnp.asarray(b))
+    lam = np.linalg.solve(A.T, c)
+    np.testing.assert_allclose(gb, lam, rtol=1e-10)
+    np.testing.assert_allclose(gA, -np.outer(lam, x), rtol=1e-10)
+    # Pytree right-hand side.
+    b_tree = {"u": jnp.asarray(b[:2]), "v": jnp.asarray(b[2:])}
+    b_flat, unravel = ravel_pytree(b_tree)
+    out = ls.solve_iterative_refinement(lambda t: unravel(jnp.asarray(A) @ ravel_pytree(t)[0]), b_tree, tol=1e-14)
+    np.testing.assert_allclose(ravel_pytree(out)[0], x, rtol=1e-10)
+    # Usable by name as the implicit-differentiation solver.
+    assert ls.resolve_solver("iterative_refinement") is ls.solve_iterative_refinement
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_jaxopt_private_helpers(rng, dtype):
+    A = rng.standard_normal((4, 3, 4, 3)).astype(dtype)
+    M = A.reshape(12, 12)
+    matvec = lambda u: (jnp.asarray(M) @ u.ravel()).reshape(4, 3)
+    T = ls_impl._materialize_array(matvec, (4, 3), dtype)
+    assert T.shape == (4, 3, 4, 3) and T.dtype == dtype
+    np.testing.assert_array_equal(T, A)
+    R = rng.standard_normal((5, 3)).astype(dtype)
+    mv = lambda u: jnp.asarray(R) @ u
+    np.testing.assert_array_equal(ls_impl._materialize_array(mv, (3,), dtype), R)  # non-square
+    y, u = rng.standard_normal(5).astype(dtype), rng.standard_normal(3).astype(dtype)
+    rmatvec = ls_impl._make_rmatvec(mv, jnp.asarray(u))
+    np.testing.assert_allclose(rmatvec(jnp.asarray(y)), R.T @ y, rtol=_rtol(dtype, 1e-14))
+    np.testing.assert_allclose(ls_impl._normal_matvec(mv, jnp.asarray(u)), R.T @ (R @ u), rtol=_rtol(dtype, 1e-14))

@@ -39,8 +39,8 @@ CASES = {
     "non_negative_lasso": (X.prox_non_negative_lasso, 0.7, lambda y, h: h * cp.sum(y), True),
     "elastic_net": (
         X.prox_elastic_net,
-        (0.7, 0.4),
-        lambda y, h: h[0] * cp.norm1(y) + 0.5 * h[1] * cp.sum_squares(y),
+        (0.7, 0.4),  # JAXopt's (lam, gamma): l1 strength lam, l2 strength lam * gamma
+        lambda y, h: h[0] * (cp.norm1(y) + 0.5 * h[1] * cp.sum_squares(y)),
         False,
     ),
     "ridge": (X.prox_ridge, 0.6, lambda y, h: 0.5 * h * cp.sum_squares(y), False),
@@ -130,10 +130,52 @@ def test_elementwise_prox_on_pytrees(rng):
     np.testing.assert_allclose(out["w"], X.prox_lasso(tree["w"], 0.3, 2.0))
     np.testing.assert_allclose(out["b"], tree["b"])
     out = X.prox_elastic_net(tree, (lam, 1.0))
-    np.testing.assert_allclose(out["w"], X.prox_elastic_net(tree["w"], (0.3, 1.0)))
-    np.testing.assert_allclose(out["b"], tree["b"] / 2.0)
+    w = tree["w"]
+    np.testing.assert_allclose(out["w"], np.sign(w) * np.maximum(np.abs(w) - 0.3, 0) / 1.3, rtol=1e-15)
+    np.testing.assert_allclose(out["b"], tree["b"])  # lam = 0: no shrinkage at all, whatever gamma
+    out = X.prox_elastic_net(tree, (1.0, {"w": 0.0, "b": 3.0}))  # gamma as a pytree
+    np.testing.assert_allclose(out["w"], np.sign(w) * np.maximum(np.abs(w) - 1.0, 0), rtol=1e-15)
+    b = tree["b"]
+    np.testing.assert_allclose(out["b"], np.sign(b) * np.maximum(np.abs(b) - 1.0, 0) / 4.0, rtol=1e-15)
     out = X.prox_ridge(tree, 1.0)  # scalar strength broadcast to every leaf
     np.testing.assert_allclose(out["b"], tree["b"] / 2.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elastic_net_jaxopt_parametrisation(dtype):
+    """``(lam, gamma)`` means l1 strength ``lam`` and l2 strength ``lam * gamma`` (JAXopt's convention)."""
+    x = np.array([-2.0, -0.5, 0.25, 1.5, 3.0], dtype)
+    lam, gamma, s = dtype(0.4), dtype(2.5), dtype(0.5)
+    out = X.prox_elastic_net(jnp.asarray(x), (lam, gamma), s)
+    assert out.dtype == dtype
+    expected = np.sign(x) * np.maximum(np.abs(x) - s * lam, 0) / (1 + s * lam * gamma)
+    rtol = 1e-6 if dtype == np.float32 else 1e-15  # float32: a few ulps of the two roundings
+    np.testing.assert_allclose(out, expected, rtol=rtol)
+    # Optimality of the prox objective 0.5 (y - x)^2 + s lam (|y| + gamma/2 y^2) at nonzero y.
+    y = np.asarray(out, np.float64)
+    nz = y != 0
+    grad = (y - x) + s * lam * (np.sign(y) + gamma * y)
+    np.testing.assert_allclose(grad[nz], 0, atol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_make_prox_from_projection(dtype):
+    from kktbridge import projection as P
+
+    x = jnp.asarray([0.3, -1.2, 2.0, 0.7], dtype)
+    prox = X.make_prox_from_projection(P.projection_simplex)
+    for scaling in (1.0, 0.01, 7.0):  # the prox of an indicator ignores the scaling
+        out = prox(x, 2.0, scaling)
+        assert out.dtype == dtype
+        np.testing.assert_array_equal(out, P.projection_simplex(x, 2.0))
+    np.testing.assert_array_equal(prox(x), P.projection_simplex(x))  # hyperparams=None -> default set
+    # Closed form: support {2.0, 0.7}, tau = (2.0 + 0.7 - 2) / 2 = 0.35.
+    np.testing.assert_allclose(prox(x, 2.0), [0.0, 0.0, 1.65, 0.35], rtol=1e-6)
+    box = X.make_prox_from_projection(P.projection_box)
+    np.testing.assert_array_equal(box(x, (0.0, 1.0), 3.0), np.clip(np.asarray(x), 0.0, 1.0))
+    # Differentiable like the projection: Jacobian of the simplex projection on its support.
+    J = jax.jacfwd(lambda v: prox(v, 2.0, 5.0))(x)
+    np.testing.assert_allclose(J, [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0.5, -0.5], [0, 0, -0.5, 0.5]], atol=1e-7)
 
 
 def test_bad_hyperparams_raise():
@@ -142,6 +184,8 @@ def test_bad_hyperparams_raise():
         X.prox_lasso(x, -0.1)
     with pytest.raises(ValueError, match="scaling"):
         X.prox_ridge(x, 1.0, scaling=-1.0)
+    with pytest.raises(ValueError, match=r"hyperparams\[0\]"):
+        X.prox_elastic_net(x, (-0.1, 1.0))
     with pytest.raises(ValueError, match=r"hyperparams\[1\]"):
         X.prox_elastic_net(x, (0.1, -1.0))
     with pytest.raises(ValueError, match="pair"):
