@@ -27,6 +27,7 @@ SUITES: dict[str, str] = {
     "implicit-vs-unrolled": "implicit_vs_unrolled",
     "scaling": "scaling",
     "gpu": "gpu",
+    "core": "core",
 }
 
 
