@@ -1,6 +1,11 @@
-"""Shared test configuration: float64 everywhere (gradients are checked in double precision)."""
+"""Shared test configuration: float64 everywhere (gradients are checked in double precision), the
+``slow`` tier (skipped unless ``KKTBRIDGE_SLOW=1``) and, with ``KKTBRIDGE_REQUIRE_PEERS=1``, a
+hard requirement on every optional peer ``make test`` installs (see ``tests/_peers.py``)."""
 
+import importlib
 import os
+import re
+import warnings
 
 import jax
 
@@ -9,10 +14,60 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from tests import _peers  # noqa: E402
+
 
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_sessionstart(session):
+    missing = []
+    for name in _peers.required():
+        try:
+            with warnings.catch_warnings():  # e.g. jaxopt's deprecation notice: not ours to report
+                warnings.simplefilter("ignore")
+                importlib.import_module(name)
+        except Exception as e:  # ImportError, or a peer that is installed but broken
+            missing.append(f"{name} ({type(e).__name__}: {e})")
+    if missing:
+        raise pytest.UsageError(
+            "KKTBRIDGE_REQUIRE_PEERS is set and these optional peers do not import: " + "; ".join(missing)
+        )
+
+
+_COULD_NOT_IMPORT = re.compile(r"could not import '([\w.]+)'")
+
+
+def _required_peer_skip(report) -> str | None:
+    """The required peer a skip report blames (``pytest.importorskip``'s message), if any."""
+    if not report.skipped or not _peers.required():
+        return None
+    m = _COULD_NOT_IMPORT.search(str(report.longrepr))
+    if m and m.group(1).split(".")[0] in _peers.required():
+        return m.group(1)
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    name = _required_peer_skip(report)
+    if name:
+        report.outcome = "failed"
+        report.longrepr = f"required optional peer {name!r} is missing (KKTBRIDGE_REQUIRE_PEERS): {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    name = _required_peer_skip(report)
+    if name:
+        report.outcome = "failed"
+        report.longrepr = f"required optional peer {name!r} is missing (KKTBRIDGE_REQUIRE_PEERS): {report.longrepr}"
 
 
 def pytest_collection_modifyitems(config, items):

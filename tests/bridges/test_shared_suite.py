@@ -10,7 +10,52 @@ import numpy as np
 import pytest
 
 import kktbridge as kb
-from kktbridge.adapters import available_solvers
+from kktbridge.adapters import _REGISTRY, available_solvers, get_adapter
+from tests._peers import peer
+
+#: Adapters whose solver library is a hard dependency of kktbridge (pyproject ``dependencies``):
+#: they must import. The others wrap optional peers: they skip when the peer is missing (and
+#: fail under ``KKTBRIDGE_REQUIRE_PEERS=1``, see tests/_peers.py).
+HARD = {"ipopt": "cyipopt", "osqp": "osqp", "scs": "scs"}
+OPTIONAL = {"clarabel": "clarabel"}
+
+
+def _kind(name):
+    """The adapter's problem kind, without swallowing a broken import (unlike available_solvers)."""
+    if name in OPTIONAL:
+        peer(OPTIONAL[name])
+    return get_adapter(name).kind
+
+
+#: Known library bugs this suite reveals: (kind, solver) -> reason. Strict xfail: fixing the bug
+#: makes the test XPASS, which fails until the entry is removed.
+KNOWN_BUGS = {
+    ("conic", "clarabel"): (
+        "library bug: Clarabel's default options (tol_gap 1e-14, tol_feas 1e-12) are not reached on this "
+        "well-posed SOCP; Clarabel ends AlmostSolved, which the certified-only policy (fa3eb1c) now treats "
+        "as a failure (SOLVED_INACCURATE), so solve_conic(..., solver='clarabel') raises on it"
+    ),
+}
+
+
+def _params(kind):
+    return [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=kb.SolverError, reason=KNOWN_BUGS[kind, n])) if (kind, n) in KNOWN_BUGS else n
+        for n in registered(kind)
+    ]
+
+
+def registered(kind):
+    """Every registered adapter of ``kind`` (a broken adapter is collected and fails, not dropped)."""
+    out = []
+    for name in _REGISTRY:
+        try:
+            if _kind(name) != kind:
+                continue
+        except BaseException:  # noqa: BLE001 -- surfaced by test_every_registered_adapter_imports
+            pass
+        out.append(name)
+    return out
 
 
 def simplex_projection_and_jacobian(y):
@@ -36,8 +81,9 @@ def _check(fun, y=Y):
     np.testing.assert_allclose(xs[1], simplex_projection_and_jacobian(y[::-1])[0], atol=1e-7)
 
 
-@pytest.mark.parametrize("solver", available_solvers("qp"))
+@pytest.mark.parametrize("solver", _params("qp"))
 def test_qp_adapters_simplex_projection(solver):
+    assert _kind(solver) == "qp"
     n = len(Y)
 
     def fun(y):
@@ -46,8 +92,9 @@ def test_qp_adapters_simplex_projection(solver):
     _check(fun)
 
 
-@pytest.mark.parametrize("solver", available_solvers("nlp"))
+@pytest.mark.parametrize("solver", _params("nlp"))
 def test_nlp_adapters_simplex_projection(solver):
+    assert _kind(solver) == "nlp"
     f = lambda x, y: 0.5 * jnp.sum((x - y) ** 2)  # noqa: E731
     eq = lambda x, y: jnp.atleast_1d(jnp.sum(x) - 1.0)  # noqa: E731
 
@@ -57,10 +104,10 @@ def test_nlp_adapters_simplex_projection(solver):
     _check(fun)
 
 
-@pytest.mark.parametrize("solver", available_solvers("conic"))
+@pytest.mark.parametrize("solver", _params("conic"))
 def test_conic_adapters_simplex_projection(solver):
     # min t  s.t. ||x - y||_2 <= t, 1^T x = 1, x >= 0, variables (x, t): same minimiser.
-    solve_conic = pytest.importorskip("kktbridge.bridges._conic").solve_conic
+    assert _kind(solver) == "conic"
     n = len(Y)
 
     def fun(y):
@@ -76,17 +123,36 @@ def test_conic_adapters_simplex_projection(solver):
         b = jnp.concatenate([jnp.ones(1), jnp.zeros(n), jnp.zeros(1), -y])
         c = jnp.concatenate([jnp.zeros(n), jnp.ones(1)])
         cone = {"z": 1, "l": n, "q": [n + 1]}
-        return solve_conic(A, b, c, cone, solver=solver).x[:n]
+        return kb.solve_conic(A, b, c, cone, solver=solver).x[:n]
 
     _check(fun)
 
 
-def test_every_registered_adapter_is_covered():
-    kinds = {kb_kind for name in available_solvers() for kb_kind in [kb_adapter_kind(name)]}
-    assert kinds <= {"nlp", "qp", "conic"}
+@pytest.mark.parametrize("name", list(_REGISTRY))
+def test_every_registered_adapter_imports(name):
+    # available_solvers() swallows ImportError: a broken adapter would silently leave the suite.
+    # Import each one directly instead (hard dependencies must import; optional peers may skip).
+    kind = _kind(name)
+    assert kind in {"nlp", "qp", "conic"}, (name, kind)
+    assert name in available_solvers() and name in available_solvers(kind)
+    assert name in registered(kind)
 
 
-def kb_adapter_kind(name):
-    from kktbridge.adapters import get_adapter
+def test_registry_is_exactly_the_known_adapters():
+    # A new adapter must be classified here (hard dependency or optional peer), so that its
+    # import failure is either an error or an explicit skip; and the registry covers all kinds.
+    assert set(_REGISTRY) == set(HARD) | set(OPTIONAL)
+    assert {get_adapter(n).kind for n in HARD} == {"nlp", "qp", "conic"}
+    for name in HARD:
+        assert name in available_solvers(), name
+    # available_solvers() lists exactly the registered adapters that import, in registry order.
+    importable = [n for n in _REGISTRY if n in HARD or _importable(OPTIONAL[n])]
+    assert available_solvers() == importable
 
-    return get_adapter(name).kind
+
+def _importable(module):
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
