@@ -27,15 +27,24 @@ cvxpy stores them); constraint duals are slices of the conic dual ``y`` (on the 
 ``y = (ν, λ)``, the equality and inequality multipliers, as cvxpy's own OSQP interface reports
 them), which is exactly cvxpy's ``constraint.dual_value`` convention.
 
+Outputs are primal variables and constraint dual variables (``con.dual_variables[k]``, as in
+cvxpylayers); cvxpy's map from the solver's ``y`` to each dual variable (slicing, reshaping,
+de-interleaving cones) is traced once at construction and applied as a gather.
+
 Supported: any DPP problem cvxpy can canonicalise to the cones above; parameters with the
 ``symmetric`` / ``PSD`` / ``NSD`` attribute (cvxpy reduces them to their upper triangle, so the
 lower triangle of the value passed is ignored and gets zero gradient, as in cvxpylayers);
-``cp.quad_form(x, P)`` with a PSD *parameter* ``P`` in the objective on the QP path (cvxpy's
-``quad_form_dpp_scope``; the conic path cannot express it and rejects it as non-DPP);
-``cp.sum_squares(L @ x - b)`` with parameters ``L, b`` on both paths; geometric programs
-(``gp=True``) through cvxpy's DGP→DCP reduction (parameters enter as ``log θ``, variables leave
-as ``exp``). Not supported: complex variables/parameters, variables or parameters with ``diag``
-or ``sparsity`` attributes, the ``PowConeND`` cone, duals of PSD constraints with several cones.
+``cp.quad_form(x, P)`` with a parameter-dependent PSD/NSD ``P`` (``P``, ``P + Q``, ``-P``) in the
+objective of a QP, on the QP path (``solver="osqp"`` or cvxpylayers' ``"MOREAU"``; cvxpy's
+``quad_form_dpp_scope``). Everywhere else (in a constraint, on the conic path, with the default
+solver, which like cvxpylayers' is conic) cvxpy would freeze ``P``'s current value into constant
+data, so the layer refuses it at construction with a ``ValueError`` naming the expression;
+``cp.sum_squares(L.T @ x)`` with a parameter ``L`` is the portable form. As a last guard, a
+parameter that does not reach the canonical data is an error. ``cp.sum_squares(L @ x - b)`` with
+parameters ``L, b`` works on both paths; geometric programs (``gp=True``) through cvxpy's DGP→DCP
+reduction (parameters enter as ``log θ``, variables leave as ``exp``). Not supported: complex
+variables/parameters, variables or parameters with ``diag`` or ``sparsity`` attributes, the
+``PowConeND`` cone, duals of PSD constraints with several cones.
 """
 
 from __future__ import annotations
