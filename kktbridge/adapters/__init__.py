@@ -24,24 +24,34 @@ _INSTANCES: dict[str, Adapter] = {}
 
 
 def available_solvers(kind: Optional[str] = None) -> list[str]:
-    """Names of registered adapters whose solver library imports, optionally of one problem kind."""
+    """Names of registered adapters whose solver libraries import, optionally of one problem kind.
+
+    A solver whose library is missing (or broken) is omitted; an adapter *module* that fails to
+    import is a kktbridge bug and raises.
+    """
     names = []
     for name in _REGISTRY:
-        try:
-            adapter = get_adapter(name)
-        except (ImportError, ValueError):
+        adapter = get_adapter(name)
+        if not type(adapter).is_installed():
             continue
         if kind is None or adapter.kind == kind:
             names.append(name)
     return names
 
 
-def get_adapter(name: str, kind: Optional[str] = None) -> Adapter:
-    """Return the (cached) adapter instance called ``name``.
+def get_adapter(name: "str | Adapter", kind: Optional[str] = None) -> Adapter:
+    """Return the adapter called ``name`` (cached), or ``name`` itself if it is an :class:`Adapter`.
+
+    Users bring their own solver by passing an instance of an :class:`Adapter` subclass as
+    ``solver=``; it must declare the problem ``kind`` it serves.
 
     Raises:
       ValueError: unknown name, or an adapter of another problem kind than ``kind``.
     """
+    if isinstance(name, Adapter):
+        if kind is not None and name.kind != kind:
+            raise ValueError(f"solver: {type(name).__name__} solves {name.kind} problems, not {kind}")
+        return name
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"solver: unknown solver {name!r}; expected one of {sorted(_REGISTRY)}")
     if name not in _INSTANCES:

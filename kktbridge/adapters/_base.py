@@ -84,6 +84,21 @@ class Adapter(abc.ABC):
     kind: ClassVar[str]
     #: native status -> Status; every status the solver documents must be listed.
     status_map: ClassVar[Mapping[Any, Status]] = {}
+    #: Python modules the solver needs (imported lazily by the adapter; checked by
+    #: :func:`~kktbridge.available_solvers`), like cvxpy's ``REQUIRED_MODULES``.
+    REQUIRED_MODULES: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def is_installed(cls) -> bool:
+        """Whether every module in :attr:`REQUIRED_MODULES` can be imported."""
+        import importlib
+
+        for module in cls.REQUIRED_MODULES:
+            try:
+                importlib.import_module(module)
+            except Exception:  # noqa: BLE001 - ImportError, or a broken install raising anything
+                return False
+        return True
 
     def map_status(self, native: Any) -> Status:
         """Map a native status; anything unlisted is a failure, never a silent success."""

@@ -157,6 +157,7 @@ class ClarabelAdapter(Adapter):
     name: ClassVar[str] = "clarabel"
     kind: ClassVar[str] = "conic"
     status_map: ClassVar[Mapping[str, Status]] = _STATUS
+    REQUIRED_MODULES: ClassVar[tuple[str, ...]] = ('clarabel', 'scipy')
 
     def map_status(self, native: Any) -> Status:
         # SolverStatus members print as their names ("Solved", ...); key by name so that the map

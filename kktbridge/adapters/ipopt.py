@@ -3,8 +3,9 @@
 The problem ``min f(x, p) s.t. c_E(x, p) = 0, c_I(x, p) ≤ 0, l ≤ x ≤ u`` reaches IPOPT as
 ``cl ≤ c(x) ≤ cu`` with ``c = (c_E, c_I)``, ``cl = (0, -inf)``, ``cu = (0, 0)``. Objective,
 gradient, constraints, dense constraint Jacobian and the lower triangle of the Lagrangian Hessian
-``σ ∇²f + Σ λ_i ∇²c_i`` are JAX functions jit-compiled once per problem *structure* (see
-:class:`NLPOracles`) and called on the host by IPOPT.
+``σ ∇²f + Σ λ_i ∇²c_i`` are compiled once per problem *structure* by the NLP bridge
+(:class:`kktbridge.core._oracles.NLPOracles`, passed as ``options["oracles"]``) and called on the
+host by IPOPT; this adapter does no autodiff itself.
 
 Multiplier conventions (IPOPT's): ``∇f + J_Eᵀν + J_Iᵀλ - z_L + z_U = 0`` with ``λ, z_L, z_U ≥ 0``,
 which is exactly the Lagrangian kktbridge's KKT residual uses.
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from kktbridge.adapters._base import Adapter, HostSolution
@@ -49,64 +48,45 @@ _STATUS = {
 DEFAULT_OPTIONS: dict[str, Any] = {"tol": 1e-10, "print_level": 0, "sb": "yes", "max_iter": 3000}
 
 
-class NLPOracles:
-    """Jit-compiled host oracles of one problem structure, over flat ``x`` and flat ``p``.
-
-    Built once per ``(objective, eq, ineq, x structure, params structure)`` by the NLP bridge and
-    reused across calls (the compiled XLA executables are cached by ``jax.jit``).
-    """
-
-    def __init__(self, objective: Callable, eq: Callable | None, ineq: Callable | None, unravel_x, unravel_p, m_eq: int, m_ineq: int, n: int):
-        self.n, self.m_eq, self.m_ineq = n, m_eq, m_ineq
-        self.m = m_eq + m_ineq
-
-        def f(x, p):
-            return objective(unravel_x(x), unravel_p(p))
-
-        def c(x, p):
-            parts = []
-            if eq is not None:
-                parts.append(jnp.ravel(eq(unravel_x(x), unravel_p(p))))
-            if ineq is not None:
-                parts.append(jnp.ravel(ineq(unravel_x(x), unravel_p(p))))
-            return jnp.concatenate(parts) if parts else jnp.zeros((0,), x.dtype)
-
-        rows, cols = np.tril_indices(n)
-        self.hess_rows, self.hess_cols = rows, cols
-
-        def hess(x, p, sigma, lam):
-            H = jax.hessian(lambda x: sigma * f(x, p) + jnp.vdot(lam, c(x, p)))(x)
-            return H[rows, cols]
-
-        self.f = jax.jit(f)
-        self.grad = jax.jit(jax.grad(f))
-        self.c = jax.jit(c)
-        self.jac = jax.jit(lambda x, p: jnp.ravel(jax.jacfwd(c)(x, p)))
-        self.hess = jax.jit(hess)
-        self.jac_rows, self.jac_cols = (a.ravel() for a in np.indices((self.m, n)))
-
-
 class _Problem:
-    """cyipopt problem object evaluating the compiled oracles at fixed parameters ``p``."""
+    """cyipopt problem object evaluating the compiled oracles at fixed parameters ``p``.
+
+    ``objective``/``gradient`` and ``constraints``/``jacobian`` share one compiled evaluation
+    per point ``x`` (the last one is remembered), halving oracle dispatches per iteration.
+    """
 
     def __init__(self, oracles: NLPOracles, p: np.ndarray):
         self.o, self.p = oracles, p
         self.iterations = 0
+        self._fg: tuple = (None, None, None)
+        self._cj: tuple = (None, None, None)
+
+    def _f_grad(self, x):
+        if self._fg[0] is None or not np.array_equal(self._fg[0], x):
+            f, g = self.o.f_grad(x, self.p)
+            self._fg = (np.array(x, copy=True), float(f), np.asarray(g, dtype=np.float64))
+        return self._fg
+
+    def _c_jac(self, x):
+        if self._cj[0] is None or not np.array_equal(self._cj[0], x):
+            c, J = self.o.c_jac(x, self.p)
+            self._cj = (np.array(x, copy=True), np.asarray(c, dtype=np.float64), np.asarray(J, dtype=np.float64))
+        return self._cj
 
     def objective(self, x):
-        return float(self.o.f(x, self.p))
+        return self._f_grad(x)[1]
 
     def gradient(self, x):
-        return np.asarray(self.o.grad(x, self.p))
+        return self._f_grad(x)[2]
 
     def constraints(self, x):
-        return np.asarray(self.o.c(x, self.p))
+        return self._c_jac(x)[1]
 
     def jacobianstructure(self):
         return self.o.jac_rows, self.o.jac_cols
 
     def jacobian(self, x):
-        return np.asarray(self.o.jac(x, self.p))
+        return self._c_jac(x)[2]
 
     def hessianstructure(self):
         return self.o.hess_rows, self.o.hess_cols
@@ -125,6 +105,7 @@ class IpoptAdapter(Adapter):
     name: ClassVar[str] = "ipopt"
     kind: ClassVar[str] = "nlp"
     status_map: ClassVar[Mapping[int, Status]] = _STATUS
+    REQUIRED_MODULES: ClassVar[tuple[str, ...]] = ('cyipopt',)
 
     #: Options users set most; the suggestions offered for a misspelt name.
     COMMON_OPTIONS: ClassVar[tuple[str, ...]] = (
@@ -172,7 +153,7 @@ class IpoptAdapter(Adapter):
         import cyipopt
 
         options = dict(options)
-        oracles: NLPOracles = options.pop("oracles")
+        oracles = options.pop("oracles")  # kktbridge.core._oracles.NLPOracles
         n, m, m_eq = oracles.n, oracles.m, oracles.m_eq
         p = np.asarray(data["p"], dtype=np.float64)
         x0 = np.asarray(data["x0"], dtype=np.float64)

@@ -78,6 +78,7 @@ class OSQPAdapter(ChunkedAdapter):
     name: ClassVar[str] = "osqp"
     kind: ClassVar[str] = "qp"
     status_map: ClassVar[Mapping[int, Status]] = _STATUS
+    REQUIRED_MODULES: ClassVar[tuple[str, ...]] = ('osqp', 'scipy')
 
     def map_exception(self, error: Exception) -> Status:
         # OSQPException carries OSQP's error code; 4 is OSQP_NONCVX_ERROR (an indefinite P).

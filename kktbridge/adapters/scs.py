@@ -64,6 +64,7 @@ class SCSAdapter(ChunkedAdapter):
     name: ClassVar[str] = "scs"
     kind: ClassVar[str] = "conic"
     status_map: ClassVar[Mapping[int, Status]] = _STATUS
+    REQUIRED_MODULES: ClassVar[tuple[str, ...]] = ('scs', 'scipy')
 
     #: SCS 3.x settings (``scs.SCS(data, cone, **settings)``).
     SETTINGS: ClassVar[tuple[str, ...]] = (

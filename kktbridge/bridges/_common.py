@@ -168,8 +168,10 @@ def clear_caches() -> None:
     """Drop every compiled bridge stage (and JAX's own caches); the next call recompiles."""
     PIPELINE_CACHE.clear()
     from kktbridge.bridges import _nlp
+    from kktbridge.core._implicit import clear_implicit_cache
 
     _nlp.clear_oracle_cache()
+    clear_implicit_cache()
     jax.clear_caches()
 
 

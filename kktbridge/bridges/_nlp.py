@@ -84,7 +84,7 @@ def clear_oracle_cache() -> None:
 
 def _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq):
     """Compiled host oracles, cached per problem structure (functions + shapes), not per call."""
-    from kktbridge.adapters.ipopt import NLPOracles
+    from kktbridge.core._oracles import NLPOracles
 
     x_flat, unravel_x = ravel_pytree(x0)
     p_flat, unravel_p = ravel_pytree(params)

@@ -23,7 +23,9 @@ respect to them are implicit derivatives too.
 
 from __future__ import annotations
 
+import collections
 import inspect
+import threading
 from typing import Any, Callable, Optional
 
 import jax
@@ -201,6 +203,8 @@ def implicit_solution(
             full[i] = leaf
         return optimality_fun(s, *_combine(full, static, treedef))
 
+    if not getattr(_TRACING, "inside", False):
+        return _compiled_implicit(F_dyn, sol, dyn_leaves, solve, valid, fallback)
     F_conv, consts = jax.closure_convert(F_dyn, sol, dyn_leaves)
 
     def F_flat(s, leaves, consts):
@@ -243,6 +247,74 @@ def implicit_solution(
         return s, _root_tangent(F_flat, s_lin, (leaves, consts), (leaves_dot, consts_dot), solve, ok)
 
     return ident_masked(sol, sol_eval, dyn_leaves, consts, valid)
+
+
+_TRACING = threading.local()  # .inside: tracing the body of a cached rule (build it inline)
+_EAGER_CACHE: "collections.OrderedDict[Any, Callable]" = collections.OrderedDict()
+_EAGER_CACHE_SIZE = 128
+_EAGER_LOCK = threading.Lock()
+
+
+def _compiled_implicit(F_dyn: Callable, sol: PyTree, leaves: list, solve: LinearSolver, valid: Any, fallback: Any) -> PyTree:
+    """Route the implicit identity through one ``jax.jit`` per *structure* of ``F``.
+
+    Built per call, the identity's ``custom_jvp`` and ``custom_linear_solve`` are new objects, so
+    an eager ``grad`` would compile them again on every call (and keep every executable). Here
+    ``F`` is traced to a jaxpr whose *text* (which includes Python-scalar literals) plus the
+    shapes and dtypes of the inputs is the cache key; every array ``F`` closes over -- concrete
+    data or an outer transformation's tracer -- is passed as an argument, never baked in, so
+    new data reuses the compiled function and derivatives with respect to closed-over values
+    stay implicit.
+    """
+    closed, out_shape = jax.make_jaxpr(F_dyn, return_shape=True)(sol, leaves)
+    out_tree = jax.tree_util.tree_structure(out_shape)
+    consts = list(closed.consts)
+    in_tree = jax.tree_util.tree_structure((sol, leaves))
+
+    def aval(x):
+        return (tuple(jnp.shape(x)), str(jnp.result_type(x)))
+
+    key = (
+        str(closed.jaxpr),
+        in_tree,
+        out_tree,
+        tuple(aval(x) for x in jax.tree_util.tree_leaves((sol, leaves, consts))),
+        id(solve),
+        valid is None,
+        None if fallback is None else jax.tree_util.tree_structure(fallback),
+    )
+    with _EAGER_LOCK:
+        fn = _EAGER_CACHE.get(key)
+        if fn is not None:
+            _EAGER_CACHE.move_to_end(key)
+    if fn is None:
+        jaxpr = closed.jaxpr
+
+        def F_args(s, lv, cs):
+            flat = jax.tree_util.tree_leaves((s, lv))
+            return jax.tree_util.tree_unflatten(out_tree, jax.core.eval_jaxpr(jaxpr, cs, *flat))
+
+        def run(s, lv, cs, ok, fb):
+            _TRACING.inside = True
+            try:
+                return implicit_solution(F_args, s, (lv, cs), solve, valid=ok, fallback=fb)
+            finally:
+                _TRACING.inside = False
+
+        fn = jax.jit(run)
+        with _EAGER_LOCK:
+            _EAGER_CACHE[key] = (fn, solve)  # keep `solve` alive: its id is part of the key
+            while len(_EAGER_CACHE) > _EAGER_CACHE_SIZE:
+                _EAGER_CACHE.popitem(last=False)
+    else:
+        fn = fn[0]
+    return fn(sol, leaves, consts, valid, fallback)
+
+
+def clear_implicit_cache() -> None:
+    """Forget the compiled implicit-differentiation rules of every structure."""
+    with _EAGER_LOCK:
+        _EAGER_CACHE.clear()
 
 
 def _as_tuple(x: Any) -> tuple:

@@ -60,10 +60,13 @@ def qp_call(i):
     return kb.solve_qp(P, q, A=jnp.ones((1, 3)), b=jnp.array([1.0]), G=-jnp.eye(3), h=jnp.zeros(3)).x
 
 
+# min x1 + 2 x2 s.t. x1 >= -0.3 - δ (the "l" row, first in SCS order), ‖x‖ <= 1 (SOC rows).
+A_CONIC = jnp.array([[-1.0, 0.0], [0.0, 0.0], [-1.0, 0.0], [0.0, -1.0]])
+
+
 def conic_call(i):
-    A = -jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
-    b = jnp.array([1.0, 0.0, 0.0, 0.5 + 0.001 * i])
-    return kb.solve_conic(A, b, jnp.array([1.0, 2.0]), {"q": [3], "l": 1}).x
+    b = jnp.array([0.3 + 0.001 * i, 1.0, 0.0, 0.0])
+    return kb.solve_conic(A_CONIC, b, jnp.array([1.0, 2.0]), {"q": [3], "l": 1}).x
 
 
 def nlp_call(i):
@@ -117,9 +120,8 @@ def call_theta(bridge, s):
         q = jnp.array([1.0, -2.0, 0.5]) * s
         return kb.solve_qp(P, q, A=jnp.ones((1, 3)), b=jnp.array([1.0]), G=-jnp.eye(3), h=jnp.zeros(3)).x
     if bridge == "conic":
-        A = -jnp.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
-        b = jnp.array([1.0, 0.0, 0.0, 0.5]) + s * jnp.array([0.0, 0.0, 0.0, 1.0])
-        return kb.solve_conic(A, b, jnp.array([1.0, 2.0]), {"q": [3], "l": 1}).x
+        b = jnp.array([0.3, 1.0, 0.0, 0.0]) + s * jnp.array([1.0, 0.0, 0.0, 0.0])
+        return kb.solve_conic(A_CONIC, b, jnp.array([1.0, 2.0]), {"q": [3], "l": 1}).x
     p = {"t": jnp.array([1.0, 2.0]) * (1 + s), "r": jnp.array(1.0)}
     return kb.solve_nlp(_nlp_f, jnp.zeros(2), p, eq=_nlp_h, ineq=_nlp_g, lower=-5.0, upper=5.0).x
 
@@ -142,3 +144,34 @@ def test_eager_equals_jit_and_cache_is_bounded_and_clearable(monkeypatch):
     kb.clear_caches()
     assert len(PIPELINE_CACHE) == 0
     np.testing.assert_array_equal(call_theta("qp", 0.3), x_eager)
+
+
+def test_custom_root_eager_grad_compiles_once_and_sees_new_data():
+    rng = np.random.default_rng(0)
+    data = {"X": jnp.asarray(rng.standard_normal((20, 5))), "y": jnp.ones(20)}
+
+    def F(w, lam):
+        X, y = data["X"], data["y"]
+        return X.T @ (X @ w - y) + lam * w
+
+    @kb.custom_root(F)
+    def ridge(init, lam):
+        X, y = data["X"], data["y"]
+        return jnp.linalg.solve(X.T @ X + lam * jnp.eye(5), X.T @ y)
+
+    def closed_form_dw(lam):
+        X, y = np.asarray(data["X"]), np.asarray(data["y"])
+        M = X.T @ X + lam * np.eye(5)
+        return -np.linalg.solve(M, np.linalg.solve(M, X.T @ y))  # d/dλ M⁻¹Xᵀy = -M⁻¹ M⁻¹ Xᵀy
+
+    jac = lambda lam: jax.jacfwd(lambda l: ridge(jnp.zeros(5), l))(lam)  # noqa: E731
+    grad = lambda lam: jax.grad(lambda l: jnp.sum(ridge(jnp.zeros(5), l)))(lam)  # noqa: E731
+    jac(1.0), grad(1.0)
+    with count_compiles() as c:
+        for i in range(30):
+            np.testing.assert_allclose(jac(1.0 + 0.01 * i), closed_form_dw(1.0 + 0.01 * i), rtol=1e-9)
+            grad(1.0 + 0.01 * i)
+    assert c["n"] == 0
+    # New data closed over by the same functions is used, never a stale compiled constant.
+    data["X"] = 2.0 * data["X"]
+    np.testing.assert_allclose(jac(1.0), closed_form_dw(1.0), rtol=1e-9)
