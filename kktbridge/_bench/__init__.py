@@ -24,6 +24,7 @@ SUITES: dict[str, str] = {
     "qp-layer": "qp_layer",
     "socp-layer": "socp_layer",
     "nlp": "nlp",
+    "eager": "eager",
     "implicit-vs-unrolled": "implicit_vs_unrolled",
     "scaling": "scaling",
     "gpu": "gpu",
