@@ -1,8 +1,14 @@
-"""Central finite differences for checking implicit derivatives (float64)."""
+"""Central finite differences and the relative error used to compare derivatives (float64)."""
 
 from __future__ import annotations
 
 import numpy as np
+
+#: Absolute floor of :func:`rel_err`'s denominator: a reference whose largest entry is below it
+#: counts as zero, and the comparison becomes absolute at ``tol * ABS_FLOOR``. The derivatives the
+#: suite checks are O(0.1)…O(10^3), so the floor only matters for (near-)zero references, where
+#: central differences carry ~1e-10 of solver noise (1e-12 solution error / step 1e-6 … 1e-5).
+ABS_FLOOR = 1e-3
 
 
 def fd_jacobian(fun, x, eps: float = 1e-6, symmetric_matrix: bool = False):
@@ -24,8 +30,22 @@ def fd_jacobian(fun, x, eps: float = 1e-6, symmetric_matrix: bool = False):
 
 
 def rel_err(a, b) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+    """Normwise relative error of ``a`` against the reference ``b``:
+    ``max|a - b| / max(max|b|, ABS_FLOOR)`` (``ABS_FLOOR = 1e-3``).
+
+    A true relative error for every reference of size >= 1e-3 (so "< 1e-6" means six correct
+    digits of the largest entry, whatever its scale); below the floor it is an absolute check at
+    ``tol * 1e-3``. Shapes must match exactly (no broadcasting), and NaN anywhere gives NaN, which
+    fails every ``rel_err(...) < tol`` assertion.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"rel_err: shapes differ, {a.shape} vs {b.shape}")
+    if a.size == 0:
+        return 0.0
+    if np.isnan(a).any() or np.isnan(b).any():
+        return float("nan")
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), ABS_FLOOR))
 
 
 def fd_jacobian_wrt(fun, args, argnum: int, eps: float = 1e-6):
