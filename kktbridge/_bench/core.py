@@ -53,6 +53,8 @@ def _linear_solver(name: str):
 
 
 def _ridge(n: int, p: int, lib: str):
+    """``(value_and_grad, jacrev)``, each ``(lam, data) -> ...``: data are jit arguments, not
+    constants (as in JAXopt's examples; also keeps XLA from constant-folding ``X^T X``)."""
     import jax
     import jax.numpy as jnp
 
@@ -60,12 +62,12 @@ def _ridge(n: int, p: int, lib: str):
     X, Xv = rng.standard_normal((n, p)) / np.sqrt(n), rng.standard_normal((n, p)) / np.sqrt(n)
     w0 = rng.standard_normal(p)
     y, yv = X @ w0 + 0.1 * rng.standard_normal(n), Xv @ w0
-    X, y, Xv, yv = map(jnp.asarray, (X, y, Xv, yv))
+    data = tuple(map(jnp.asarray, (X, y, Xv, yv)))
 
-    def F(w, lam):
+    def F(w, lam, X, y):
         return X.T @ (X @ w - y) + lam * w
 
-    def solver(init, lam):
+    def solver(init, lam, X, y):
         del init
         return jax.scipy.linalg.solve(X.T @ X + lam * jnp.eye(p), X.T @ y, assume_a="pos")
 
@@ -77,14 +79,18 @@ def _ridge(n: int, p: int, lib: str):
     w_star = custom_root(F, solve=solve)(solver)
     init = jnp.zeros(p)
 
-    def val_loss(lam):
-        w = w_star(init, lam)
+    def val_loss(lam, data):
+        X, y, Xv, yv = data
+        w = w_star(init, lam, X, y)
         return 0.5 * jnp.sum((Xv @ w - yv) ** 2)
 
-    return jax.jit(jax.value_and_grad(val_loss)), jax.jit(jax.jacrev(lambda lam: w_star(init, lam)))
+    vg = jax.jit(jax.value_and_grad(val_loss))
+    jr = jax.jit(jax.jacrev(lambda lam, data: w_star(init, lam, data[0], data[1])))
+    return (lambda lam: vg(lam, data)), (lambda lam: jr(lam, data))
 
 
 def _svm(m: int, p: int, kind: str, iters: int, lib: str):
+    """``theta -> value_and_grad`` of the validation loss (data passed as jit arguments)."""
     import jax
     import jax.numpy as jnp
 
@@ -95,29 +101,28 @@ def _svm(m: int, p: int, kind: str, iters: int, lib: str):
     X, Xv = rng.standard_normal((m, p)) / np.sqrt(p), rng.standard_normal((m, p)) / np.sqrt(p)
     Y = np.eye(CLASSES)[np.argmax(X @ W_true + 0.5 * rng.standard_normal((m, CLASSES)), 1)]
     Yv = np.eye(CLASSES)[np.argmax(Xv @ W_true, 1)]
-    X, Y, Xv, Yv = map(jnp.asarray, (X, Y, Xv, Yv))
-    lip = jnp.linalg.norm(X, 2) ** 2
+    data = tuple(map(jnp.asarray, (X, Y, Xv, Yv)))
     proj_rows = jax.vmap(projection_simplex)
 
-    def grad_g(beta, theta):
+    def grad_g(beta, theta, X, Y):
         return -(X @ (X.T @ (Y - beta))) / theta + Y
 
     if kind == "pg":
 
-        def T(beta, theta):
-            return proj_rows(beta - (theta / lip) * grad_g(beta, theta))
+        def T(beta, theta, X, Y, lip):
+            return proj_rows(beta - (theta / lip) * grad_g(beta, theta, X, Y))
 
     else:
 
-        def T(beta, theta):
+        def T(beta, theta, X, Y, lip):
             # Mirror descent with the entropy: a multiplicative update, renormalised per row
             # (step theta / lip keeps it stable; the max-shift avoids overflow).
-            g = -(theta / lip) * grad_g(beta, theta)
+            g = -(theta / lip) * grad_g(beta, theta, X, Y)
             e = beta * jnp.exp(g - jnp.max(g, axis=1, keepdims=True))
             return e / jnp.sum(e, axis=1, keepdims=True)
 
-    def iterate(beta0, theta):
-        return jax.lax.fori_loop(0, iters, lambda _, b: T(b, theta), beta0)
+    def iterate(beta0, theta, X, Y, lip):
+        return jax.lax.fori_loop(0, iters, lambda _, b: T(b, theta, X, Y, lip), beta0)
 
     solve = _linear_solver("bicgstab")
     if lib == "kktbridge":
@@ -127,12 +132,15 @@ def _svm(m: int, p: int, kind: str, iters: int, lib: str):
     beta_star = custom_fixed_point(T, solve=solve)(iterate)
     beta0 = jnp.full(Y.shape, 1.0 / CLASSES)
 
-    def val_loss(theta):
-        beta = beta_star(beta0, theta)
+    def val_loss(theta, data):
+        X, Y, Xv, Yv = data
+        lip = jax.lax.stop_gradient(jnp.linalg.norm(X, 2) ** 2)
+        beta = beta_star(beta0, theta, X, Y, lip)
         W = X.T @ (Y - beta) / theta
         return 0.5 * jnp.sum((Xv @ W - Yv) ** 2)
 
-    return jax.jit(jax.value_and_grad(val_loss))
+    vg = jax.jit(jax.value_and_grad(val_loss))
+    return lambda theta: vg(theta, data)
 
 
 def run(ctx: Context) -> SuiteResult:
