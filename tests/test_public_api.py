@@ -57,3 +57,35 @@ def test_importing_kktbridge_does_not_import_solver_libraries():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# JAXopt's public names that kktbridge keeps (issue 15): a JAXopt user's imports must keep working.
+JAXOPT_NAMES = {
+    "linear_solve": {
+        "solve_lu", "solve_cholesky", "solve_inv", "solve_qr", "solve_cg", "solve_normal_cg", "solve_gmres",
+        "solve_bicgstab", "solve_iterative_refinement",
+    },
+    "projection": {
+        "projection_non_negative", "projection_box", "projection_hypercube", "projection_simplex",
+        "projection_sparse_simplex", "projection_l1_sphere", "projection_l1_ball", "projection_l2_sphere",
+        "projection_l2_ball", "projection_linf_ball", "projection_hyperplane", "projection_halfspace",
+        "projection_affine_set", "projection_polyhedron", "projection_box_section", "projection_transport",
+        "projection_birkhoff", "kl_projection_transport", "kl_projection_birkhoff", "isotonic_l2_pav",
+    },
+    "prox": {
+        "prox_none", "prox_lasso", "prox_non_negative_lasso", "prox_elastic_net", "prox_group_lasso", "prox_ridge",
+        "prox_non_negative_ridge", "make_prox_from_projection",
+    },
+}
+
+
+def test_jaxopt_names_are_exported():
+    for mod, names in JAXOPT_NAMES.items():
+        m = importlib.import_module(f"kktbridge.{mod}")
+        assert names <= set(m.__all__), (mod, sorted(names - set(m.__all__)))
+    for name in ("custom_root", "custom_fixed_point", "root_jvp", "root_vjp"):
+        assert name in kktbridge.__all__
+    from kktbridge.core import _linear_solve
+
+    for helper in ("_materialize_array", "_make_rmatvec", "_normal_matvec"):  # reached by JAXopt's tests
+        assert callable(getattr(_linear_solve, helper))
