@@ -7,8 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import cvxpy as cp
+
 import kktbridge as kb
 from tests._fd import fd_jacobian, rel_err
+from tests._peers import peer
 
 NAMES = ("P", "q", "A", "b", "G", "h")
 
@@ -57,8 +60,7 @@ def test_random_qp_jacobians_match_finite_differences(seed):
 
 
 def test_qp_gradients_match_cvxpylayers():
-    cp = pytest.importorskip("cvxpy")
-    cl = pytest.importorskip("cvxpylayers.jax")
+    cl = peer("cvxpylayers.jax")  # optional peer (cvxpy itself is a hard dependency)
     data = random_qp(7, n=5, m_eq=2, m_ineq=6)
     n, m_eq, m_ineq = 5, 2, 6
     x = cp.Variable(n)
@@ -78,9 +80,25 @@ def test_qp_gradients_match_cvxpylayers():
     args = tuple(jnp.asarray(data[k]) for k in ("q", "b", "h"))
     g_ref = jax.grad(loss_ref, argnums=(0, 1, 2))(*args)
     g_kb = jax.grad(loss_kb, argnums=(0, 1, 2))(*args)
-    # cvxpylayers solves with SCS (first-order); at eps=1e-10 it agrees to ~1e-7.
+    # Closed form from the known active set (rows 0-2 active, 3-5 inactive by construction):
+    # K [x; ν; λ_act] = [-q; b; h_act], so the gradient of wᵀx is u = K⁻ᵀ[w; 0; 0] with
+    # ∂/∂q = -u_x, ∂/∂b = u_ν, ∂/∂h_act = u_λ, ∂/∂h_inact = 0.
+    act = np.arange(m_ineq) < (m_ineq + 1) // 2
+    Ga = data["G"][act]
+    k = act.sum()
+    K = np.block(
+        [[data["P"], data["A"].T, Ga.T], [data["A"], np.zeros((m_eq, m_eq + k))], [Ga, np.zeros((k, m_eq + k))]]
+    )
+    u = np.linalg.solve(K.T, np.concatenate([np.asarray(w), np.zeros(m_eq + k)]))
+    exact = (-u[:n], u[n : n + m_eq], np.zeros(m_ineq))
+    exact[2][act] = u[n + m_eq :]
+    for a, e in zip(g_kb, exact):
+        assert rel_err(a, e) < 1e-9
+    # cvxpylayers solves with SCS (first-order) at eps=1e-10: ~1e-7 relative on the nonzero
+    # gradients, and ~3e-8 of noise where the exact gradient is zero (∂/∂q here: two equalities and
+    # three active rows fix all five coordinates of x, so x does not depend on q), hence atol 1e-7.
     for a, b_ in zip(g_kb, g_ref):
-        assert rel_err(a, b_) < 1e-5
+        np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-7)
 
 
 def test_redundant_equalities_give_finite_min_norm_derivatives():
@@ -106,8 +124,9 @@ def test_jit_vmap_grad_over_64_qps_equals_loop():
         return jnp.sum(s.x**2) + jnp.sum(s.ineq_dual)
 
     batched = jax.jit(jax.vmap(jax.grad(loss)))(qs)
-    loop = np.stack([jax.jit(jax.grad(loss))(q) for q in qs[:16]])
-    np.testing.assert_allclose(batched[:16], loop, rtol=1e-8, atol=1e-10)
+    single = jax.jit(jax.grad(loss))
+    loop = np.stack([single(q) for q in qs])  # every instance: a mix-up anywhere in the batch fails
+    np.testing.assert_allclose(batched, loop, rtol=1e-8, atol=1e-10)
     # Batched matrices too (setup reused per thread with matrix updates).
     Ps = jnp.stack([jnp.asarray(data["P"]) * (1 + 0.1 * i) for i in range(8)])
     xs = jax.vmap(lambda P: kb.solve_qp(P, data["q"], data["A"], data["b"], data["G"], data["h"]).x)(Ps)
@@ -128,11 +147,28 @@ def test_hessian_of_loss_matches_fd_of_gradient():
 def test_infinite_h_means_no_constraint():
     data = random_qp(4)
     h = np.array(data["h"])
-    h[-1] = np.inf
-    s = kb.solve_qp(data["P"], data["q"], data["A"], data["b"], data["G"], h)
-    assert float(s.ineq_dual[-1]) == 0.0
-    J = jax.jacrev(lambda q: kb.solve_qp(data["P"], q, data["A"], data["b"], data["G"], h).x)(jnp.asarray(data["q"]))
-    assert np.all(np.isfinite(J))
+    assert data["G"][0] @ np.linalg.solve(data["P"], -data["q"]) > 0  # row 0 is active at finite h ...
+    h[0] = np.inf  # ... so removing it through h = +inf changes the solution and its Jacobian
+    keep = slice(1, None)
+
+    def with_inf(q):
+        s = kb.solve_qp(data["P"], q, data["A"], data["b"], data["G"], h)
+        return jnp.concatenate([s.x, s.eq_dual, s.ineq_dual])
+
+    def without_row(q):
+        s = kb.solve_qp(data["P"], q, data["A"], data["b"], data["G"][keep], h[keep])
+        return jnp.concatenate([s.x, s.eq_dual, jnp.zeros(1), s.ineq_dual])
+
+    q = jnp.asarray(data["q"])
+    z, z_ref = with_inf(q), without_row(q)
+    assert float(z[4 + 1]) == 0.0  # the infinite row's multiplier is exactly zero
+    np.testing.assert_allclose(z, z_ref, atol=1e-9)
+    J = jax.jacrev(with_inf)(q)
+    # The same Jacobian as the QP without the row (zero row for its multiplier), and as central
+    # differences of the solver (independent of the IFT).
+    assert rel_err(J, jax.jacrev(without_row)(q)) < 1e-9
+    assert rel_err(J, fd_jacobian(lambda v: with_inf(jnp.asarray(v)), data["q"])) < 1e-6
+    assert np.abs(np.asarray(J) - np.asarray(jax.jacrev(lambda v: flat_solution({**data, "q": v}))(q))).max() > 1e-3
 
 
 def test_infeasible_and_unbounded_raise():
