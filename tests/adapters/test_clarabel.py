@@ -17,13 +17,31 @@ import pytest
 import kktbridge
 from kktbridge.adapters import available_solvers, get_adapter
 from kktbridge.adapters.clarabel import ClarabelAdapter, _psd_perm
-from kktbridge.bridges._conic import solve_conic
+from kktbridge import solve_conic
 from kktbridge.core._cones import psd_vec
 from kktbridge.core._status import Status
 from tests._conic_problems import cvxpy_reference
 from tests._conic_problems import make_problem as _shared_make_problem
 
-clarabel = pytest.importorskip("clarabel")
+from tests._peers import peer
+
+clarabel = peer("clarabel")  # optional peer: skips when missing, fails under KKTBRIDGE_REQUIRE_PEERS=1
+
+#: Library bug found by this suite (strict xfail: a fix makes these XPASS, which fails until the
+#: marks are removed). Clarabel's default options (tol_gap 1e-14, tol_feas 1e-12) are not reached
+#: on these well-posed, well-conditioned problems; Clarabel then ends ``AlmostSolved``, which the
+#: certified-only policy (fa3eb1c) maps to SOLVED_INACCURATE, a failure: solve_conic(...,
+#: solver="clarabel") raises (SolverError eagerly, JaxRuntimeError inside jit).
+ALMOST_SOLVED = pytest.mark.xfail(
+    strict=True,
+    raises=(kktbridge.SolverError, jax.errors.JaxRuntimeError),
+    reason="library bug: Clarabel defaults end AlmostSolved (SOLVED_INACCURATE, now a failure) on this problem",
+)
+
+
+def _bug(names, *params):
+    return [pytest.param(n, marks=ALMOST_SOLVED) if n in names else n for n in params]
+
 
 #: SCS reference tolerance: converges to ~1e-12 on these small, well-conditioned problems.
 SCS_TIGHT = dict(eps_abs=1e-12, eps_rel=1e-12)
@@ -82,7 +100,7 @@ def test_psd_permutation_matches_clarabel_upper_triangle():
 SOL_ATOL = {"lp": 1e-7, "socp": 1e-7, "exp": 1e-7, "psd": 1e-6, "pow": 1e-5}
 
 
-@pytest.mark.parametrize("name", list(CONES))
+@pytest.mark.parametrize("name", _bug({"exp", "pow"}, *CONES))
 def test_solution_matches_known_optimum_scs_and_cvxpy(name):
     cone = CONES[name]
     A, b, c, truth = make_problem(cone, seed=1)
@@ -107,7 +125,7 @@ def _jacobians(cone, A, b, c, solver, **opts):
 JAC_TOL = {"lp": 1e-6, "socp": 1e-6, "exp": 1e-6, "psd": 1e-6, "pow": 2e-5}
 
 
-@pytest.mark.parametrize("name", list(CONES))
+@pytest.mark.parametrize("name", _bug({"psd", "pow"}, *CONES))
 def test_jacobians_match_scs(name):
     cone = CONES[name]
     A, b, c, _ = make_problem(cone, seed=3)
@@ -117,27 +135,33 @@ def test_jacobians_match_scs(name):
         np.testing.assert_allclose(ours[k], ref[k], atol=JAC_TOL[name], rtol=JAC_TOL[name], err_msg=f"d/d{key}")
 
 
-@pytest.mark.parametrize("name", ["lp", "socp", "exp"])
+def _fd4(fun, x, h=2e-4):
+    """Fourth-order central differences (error budget: see ``tests/bridges/test_conic.py::_fd``)."""
+    x = np.asarray(x, dtype=np.float64)
+    cols = []
+    for idx in np.ndindex(*x.shape):
+        e = np.zeros_like(x)
+        e[idx] = h
+        f = lambda t: np.asarray(fun(x + t * e))  # noqa: E731
+        cols.append((8 * (f(1) - f(-1)) - (f(2) - f(-2))) / (12 * h))
+    return np.stack(cols, axis=-1).reshape(np.shape(fun(x)) + x.shape)
+
+
+#: Clarabel's Jacobian vs central differences of the exact solution map. The map is sampled with
+#: SCS at eps 1e-12 (solution error ~1e-12, so FD error ~1e-9): independent of Clarabel and of the
+#: residual map both derivatives share. Clarabel's own solution error (SOL_ATOL) bounds the
+#: agreement: 1e-6 for LP/SOCP/exp/PSD, 2e-5 for power cones (their ~2e-6 solution error times
+#: the IFT conditioning, as measured in JAC_TOL).
+@pytest.mark.parametrize("name", _bug({"psd", "pow"}, *CONES))
 def test_jacobians_match_central_differences(name):
     cone = CONES[name]
     A, b, c, _ = make_problem(cone, seed=3)
     ours = _jacobians(cone, A, b, c, "clarabel")
-    solve = lambda A, b, c: np.concatenate([np.asarray(u) for u in solve_conic(A, b, c, cone, solver="clarabel")[:3]])  # noqa: E731
-    h = 1e-5
-
-    def fd(fun, x):
-        cols = []
-        for idx in np.ndindex(*x.shape):
-            e = np.zeros_like(x)
-            e[idx] = h
-            cols.append((fun(x + e) - fun(x - e)) / (2 * h))
-        return np.stack(cols, axis=-1).reshape((-1,) + x.shape)
-
-    refs = (fd(lambda A_: solve(A_, b, c), A), fd(lambda b_: solve(A, b_, c), b), fd(lambda c_: solve(A, b, c_), c))
+    solve = jax.jit(lambda A, b, c: jnp.concatenate(solve_conic(A, b, c, cone, solver="scs", **SCS_TIGHT)[:3]))
+    refs = (_fd4(lambda A_: solve(A_, b, c), A), _fd4(lambda b_: solve(A, b_, c), b), _fd4(lambda c_: solve(A, b, c_), c))
     for k, key in enumerate("Abc"):
-        # Central differences: O(h^2) ~ 1e-10 truncation plus solution error (~1e-10) / h ~ 1e-5
-        # on these cones, hence 1e-4 (the tight check is the agreement with SCS above).
-        np.testing.assert_allclose(ours[k], refs[k], atol=1e-4, rtol=1e-4, err_msg=f"d/d{key}")
+        assert np.abs(refs[k]).max() > 1e-2, key  # a nonzero derivative: the check is not vacuous
+        np.testing.assert_allclose(ours[k], refs[k], atol=JAC_TOL[name], rtol=JAC_TOL[name], err_msg=f"d/d{key}")
 
 
 @pytest.mark.parametrize(
@@ -156,6 +180,7 @@ def test_infeasible_and_unbounded_raise(A, b, c, word):
     assert np.all(np.isnan(sol.x))
 
 
+@ALMOST_SOLVED
 def test_vmap_over_b_equals_loop():
     cone = CONES["socp"]
     A, b, c, _ = make_problem(cone, seed=2)
