@@ -175,6 +175,30 @@ def clear_caches() -> None:
     jax.clear_caches()
 
 
+class Policy(NamedTuple):
+    """How a bridge call treats its solution: linear solver, acceptance and diagnostics.
+
+    Attributes:
+      solve: linear solver of the IFT system (name, callable or ``None`` for the default).
+      accept_inaccurate: accept ``SOLVED_INACCURATE`` solutions.
+      residual_tol: largest relative optimality residual accepted.
+      diagnose: compute the KKT condition number into the diagnostics.
+    """
+
+    solve: Any
+    accept_inaccurate: bool
+    residual_tol: float
+    diagnose: bool
+
+    @classmethod
+    def make(cls, dtype: Any, solve: Any, accept_inaccurate: bool, residual_tol: Optional[float], diagnose: bool) -> "Policy":
+        tol = default_residual_tol(dtype) if residual_tol is None else float(residual_tol)
+        return cls(solve, bool(accept_inaccurate), tol, bool(diagnose))
+
+    def key(self) -> Hashable:
+        return (solve_key(self.solve), self.accept_inaccurate, self.residual_tol, self.diagnose)
+
+
 @dataclass(frozen=True)
 class BridgePlan:
     """The static description of one problem structure, built once and cached.
@@ -201,10 +225,7 @@ class BridgePlan:
     residual: Callable
     fallback: Callable
     finish: Callable
-    solve: Any = None
-    accept_inaccurate: bool = False
-    residual_tol: float = 1e-6
-    diagnose: bool = False
+    policy: Policy
     stages: dict = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -228,19 +249,19 @@ def _solve_stage(plan: BridgePlan, raise_in_callback: bool) -> Callable:
             plan.out_spec,
             plan.options,
             raise_on_failure=raise_in_callback,
-            accept_inaccurate=plan.accept_inaccurate,
+            accept_inaccurate=plan.policy.accept_inaccurate,
             token=token,
         )
-        ok = accepted(status, plan.accept_inaccurate)
+        ok = accepted(status, plan.policy.accept_inaccurate)
         z = plan.to_point(values)
         z_safe = jax.tree_util.tree_map(lambda a, f: jnp.where(ok, a, f), z, plan.fallback(args, extra))
         residual, activity, margin, n_weak = plan.check(z_safe, args)
         residual = jnp.where(ok, residual, jnp.nan)
-        too_large = ok & ~(residual <= plan.residual_tol)
+        too_large = ok & ~(residual <= plan.policy.residual_tol)
         status = jnp.where(too_large, jnp.int32(Status.RESIDUAL_TOO_LARGE), status)
         if raise_in_callback:
-            values = _raise_if_residual_too_large(plan.adapter.name, values, status, residual, plan.residual_tol)
-        cond = _kkt_condition(plan, z_safe, args, activity) if plan.diagnose else jnp.full_like(residual, jnp.nan)
+            values = _raise_if_residual_too_large(plan.adapter.name, values, status, residual, plan.policy.residual_tol)
+        cond = _kkt_condition(plan, z_safe, args, activity) if plan.policy.diagnose else jnp.full_like(residual, jnp.nan)
         diag = Diagnostics(residual, jnp.where(ok, margin, jnp.nan), jnp.where(ok, n_weak, -1).astype(jnp.int32), cond)
         return values, status, iters, diag, activity
 
@@ -275,14 +296,14 @@ def _diff_stage(plan: BridgePlan) -> Callable:
     from kktbridge.core._implicit import implicit_solution
 
     def stage(values, status, iters, diag, activity, args, extra):
-        ok = accepted(status, plan.accept_inaccurate)
+        ok = accepted(status, plan.policy.accept_inaccurate)
         z = plan.to_point(values)
         z = jax.tree_util.tree_map(lambda a: jnp.where(ok, a, jnp.nan), z)
         z = implicit_solution(
             lambda zz, a, act: plan.residual(zz, a, act),
             z,
             (args, activity),
-            plan.solve,
+            plan.policy.solve,
             valid=ok,
             fallback=plan.fallback(args, extra),
         )
@@ -325,12 +346,12 @@ def run_pipeline(key: Hashable, build: Callable[[], BridgePlan], args: PyTree, e
         natives = pop_native(token)
         if on_failure == "raise":
             codes = np.atleast_1d(np.asarray(status))
-            bad = [Status(int(c)) for c in codes if not Status(int(c)).accepted(plan.accept_inaccurate)]
+            bad = [Status(int(c)) for c in codes if not Status(int(c)).accepted(plan.policy.accept_inaccurate)]
             if bad:
                 native = next((n for st, n in natives if st == bad[0]), None)
                 if bad[0] is Status.RESIDUAL_TOO_LARGE:
                     res = np.nanmax(np.atleast_1d(np.asarray(diag.residual)))
-                    native = f"relative residual {res:.2e} > residual_tol {plan.residual_tol:.1e}"
+                    native = f"relative residual {res:.2e} > residual_tol {plan.policy.residual_tol:.1e}"
                 raise SolverError(plan.adapter.name, bad[0], native)
     diff = plan.stages.get("diff")
     if diff is None:

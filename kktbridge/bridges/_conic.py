@@ -28,10 +28,9 @@ from kktbridge.bridges._common import (
     Diagnostics,
     as_array,
     check_on_failure,
-    default_residual_tol,
+    Policy,
     options_key,
     run_pipeline,
-    solve_key,
     structure,
     warn_if_truncated,
 )
@@ -138,10 +137,9 @@ def solve_conic(
         extra = tuple(
             as_array(f"warm_start[{i}]", w, shape=(d,)).astype(dtype) for i, (w, d) in enumerate(zip(warm_start, (n, m, m)))
         )
-    tol = default_residual_tol(dtype) if residual_tol is None else float(residual_tol)
+    policy = Policy.make(dtype, solve, accept_inaccurate, residual_tol, diagnose)
     cone_dict = spec.as_dict()
-    key = ("conic", solver, structure(args, extra), options_key({**options, "cone": cone_dict}), solve_key(solve),
-           accept_inaccurate, tol, diagnose)
+    key = ("conic", solver, structure(args, extra), options_key({**options, "cone": cone_dict}), policy.key())
 
     def build() -> BridgePlan:
         adapter.validate_options(options)
@@ -168,10 +166,7 @@ def solve_conic(
             residual=lambda z, args, activity: F(z, *args),
             fallback=lambda args, extra: ConicPoint(jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)),
             finish=finish,
-            solve=solve,
-            accept_inaccurate=accept_inaccurate,
-            residual_tol=tol,
-            diagnose=diagnose,
+            policy=policy,
         )
 
     return run_pipeline(key, build, args, extra, on_failure)

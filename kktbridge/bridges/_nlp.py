@@ -31,11 +31,10 @@ from kktbridge.bridges._common import (
     Diagnostics,
     as_array,
     check_on_failure,
-    default_residual_tol,
+    Policy,
     is_concrete,
     options_key,
     run_pipeline,
-    solve_key,
     structure,
     warn_if_truncated,
 )
@@ -223,11 +222,11 @@ def solve_nlp(
         # IPOPT's default 1e-10 is below what float32 oracles can resolve (a feasible problem
         # would end as "infeasible"); 1e-5 is what float32 arithmetic supports.
         options = {**options, "tol": 1e-5}
-    tol = default_residual_tol(dtype) if residual_tol is None else float(residual_tol)
+    policy = Policy.make(dtype, solve, accept_inaccurate, residual_tol, diagnose)
     args = (params, lower, upper)
     extra = (x0_flat,)
     key = ("nlp", solver, objective, eq, ineq, structure(x0, params, lower), has_lower, has_upper,
-           options_key(options), solve_key(solve), accept_inaccurate, tol, diagnose)
+           options_key(options), policy.key())
 
     def build() -> BridgePlan:
         adapter.validate_options(options)
@@ -295,10 +294,7 @@ def solve_nlp(
             residual=lambda z, args, active: F(z, args, active=active),
             fallback=fallback,
             finish=finish,
-            solve=solve,
-            accept_inaccurate=accept_inaccurate,
-            residual_tol=tol,
-            diagnose=diagnose,
+            policy=policy,
         )
 
     return run_pipeline(key, build, args, extra, on_failure)

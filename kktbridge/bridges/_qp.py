@@ -23,11 +23,10 @@ from kktbridge.bridges._common import (
     Diagnostics,
     as_array,
     check_on_failure,
-    default_residual_tol,
+    Policy,
     is_concrete,
     options_key,
     run_pipeline,
-    solve_key,
     structure,
     warn_if_truncated,
 )
@@ -106,7 +105,7 @@ def _validate(P, q, A, b, G, h, dtype=None):
     return tuple(map(cast, (P, q, A, b, G, h)))
 
 
-def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, solve, accept_inaccurate, residual_tol, diagnose, warm) -> BridgePlan:
+def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: bool) -> BridgePlan:
     def host_data(args, extra):
         data = dict(zip("P q A b G h".split(), args))
         if warm:
@@ -136,10 +135,7 @@ def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, solve, accept_inaccurate,
         residual=lambda z, args, active: _QP_KKT(z, args, active=active),
         fallback=fallback,
         finish=finish,
-        solve=solve,
-        accept_inaccurate=accept_inaccurate,
-        residual_tol=residual_tol,
-        diagnose=diagnose,
+        policy=policy,
     )
 
 
@@ -207,11 +203,11 @@ def solve_qp(
             as_array("warm_start[0]", warm_start[0], shape=(n,)).astype(P.dtype),
             as_array("warm_start[1]", warm_start[1], shape=(m_eq + m_ineq,)).astype(P.dtype),
         )
-    tol = default_residual_tol(P.dtype) if residual_tol is None else float(residual_tol)
-    key = ("qp", solver, structure(args, extra), options_key(options), solve_key(solve), accept_inaccurate, tol, diagnose)
+    policy = Policy.make(P.dtype, solve, accept_inaccurate, residual_tol, diagnose)
+    key = ("qp", solver, structure(args, extra), options_key(options), policy.key())
 
     def build() -> BridgePlan:
         adapter.validate_options(options)
-        return _qp_plan(adapter, n, m_eq, m_ineq, P.dtype, dict(options), solve, accept_inaccurate, tol, diagnose, bool(extra))
+        return _qp_plan(adapter, n, m_eq, m_ineq, P.dtype, dict(options), policy, bool(extra))
 
     return run_pipeline(key, build, args, extra, on_failure)

@@ -295,3 +295,35 @@ def test_diagnostics_record():
     # Diagnostics of a batch are per instance, and -1 / NaN for failed instances.
     sols = jax.vmap(lambda h: kb.solve_qp(P3, Q3, G=G_INF[:1], h=h, on_failure="nan"))(jnp.array([[1.0], [-1.0]]))
     assert sols.diagnostics.residual.shape == (2,)
+
+
+def test_strongly_active_bound_with_tiny_multiplier_keeps_the_active_branch():
+    # 49 bounds active with λ = 20 and one with λ = 2e-3: scale-free multiplier ~2e-6, far below
+    # any absolute floor, but the constraint is strongly active (dλ0/dt0 = 2, dx0/dt0 = 0).
+    n = 50
+    t = jnp.full(n, 10.0).at[0].set(1e-3)
+
+    def f(x, p):
+        return jnp.sum((x - p) ** 2)
+
+    def outs(p):
+        s = kb.solve_nlp(f, jnp.zeros(n), p, upper=jnp.zeros(n))
+        return jnp.stack([s.x[0], s.upper_dual[0]])
+
+    J = jax.jacfwd(outs)(t)[:, 0]
+    np.testing.assert_allclose(J, [0.0, 2.0], atol=1e-6)
+
+
+def test_weak_constraint_in_an_anisotropic_problem_takes_the_inactive_branch():
+    # Curvature 2000 along the constraint normal, 2 elsewhere (n = 60): the weak row must still
+    # end on the inactive branch (dx0/dp = 1), among 59 other strongly active bounds.
+    n = 60
+
+    def f(x, p):
+        return 1000.0 * (x[0] - p) ** 2 + jnp.sum((x[1:] - 3.0) ** 2)
+
+    def x0(p):
+        return kb.solve_nlp(f, jnp.zeros(n), p, upper=jnp.concatenate([jnp.zeros(1), jnp.ones(n - 1)])).x[0]
+
+    np.testing.assert_allclose(jax.jacfwd(x0)(0.0), 1.0, atol=1e-6)
+    np.testing.assert_allclose(jax.jacfwd(x0)(1.0), 0.0, atol=1e-6)  # strongly active at p = 1
