@@ -141,6 +141,92 @@ def test_kkt_is_the_core_machinery(rng):
     _rel_close(jax.jit(jax.jacrev(lambda c: solver(None, c).x))(c), np.eye(3) - 1.0 / 3, 1e-10)
 
 
+def test_kkt_fun_with_inequalities_active_and_inactive(rng):
+    """``kkt_fun`` beyond the identity check: min 0.5||x - y||² s.t. aᵀx ≤ β, x₀ ≤ u (two rows).
+
+    At y with aᵀy > β (row 0 active) and y₀ < u (row 1 inactive): x = y - λa, λ = (aᵀy - β)/‖a‖².
+    The residual vanishes there (and not at a perturbed point), and custom_root through it gives
+    the projection's Jacobian I - aaᵀ/‖a‖² and dλ/dy = aᵀ/‖a‖² (inactive row: dλ₁ = 0)."""
+    a = jnp.asarray([1.0, 2.0, -1.0])
+    F = optimality.kkt_fun(
+        lambda x, y, beta, u: 0.5 * jnp.sum((x - y) ** 2),
+        ineq=lambda x, y, beta, u: jnp.stack([a @ x - beta, x[0] - u]),
+    )
+    y, beta, u = jnp.asarray([1.0, 1.5, 0.3]), 0.5, 5.0
+
+    def closed(y):
+        lam = (a @ y - beta) / (a @ a)
+        return KKTPoint(y - lam * a, jnp.zeros(0), jnp.stack([lam, 0.0]))
+
+    z = closed(y)
+    assert float(z.ineq_dual[0]) > 0.5  # strongly active
+    for r in jax.tree_util.tree_leaves(F(z, y, beta, u)):
+        np.testing.assert_allclose(r, 0, atol=1e-14)
+    off = KKTPoint(z.x + 1e-3, z.eq_dual, z.ineq_dual)
+    assert np.abs(np.asarray(F(off, y, beta, u).x)).max() > 5e-4  # the residual can fail
+
+    @custom_root(F)
+    def solver(init, y, beta, u):
+        return closed(y)  # a "solver" whose own derivative is discarded by custom_root
+
+    Jx, Jlam = jax.jit(jax.jacrev(lambda y: (solver(None, y, beta, u).x, solver(None, y, beta, u).ineq_dual)))(y)
+    an = np.asarray(a)
+    _rel_close(Jx, np.eye(3) - np.outer(an, an) / (an @ an), 1e-12)
+    _rel_close(Jlam, np.stack([an / (an @ an), np.zeros(3)]), 1e-12)
+    # dx/dβ = a/‖a‖², from the active row only.
+    _rel_close(jax.jacfwd(lambda b: solver(None, y, b, u).x)(beta), an / (an @ an), 1e-12)
+
+
+def _lp():
+    """min x₁ + 2x₂ s.t. x ≥ 0, x₁ + x₂ ≥ 1 in SCS form (s = b - Ax ∈ R³₊). By hand:
+    x* = (1, 0), s* = (1, 0, 0), y* = (0, 1, 1) (c + Aᵀy = 0, yᵀs = 0); near b = (0, 0, -1) the
+    rows 2 and 3 stay active, so x(b) = (b₁ - b₂, -b₁)."""
+    A = jnp.asarray([[-1.0, 0.0], [0.0, -1.0], [-1.0, -1.0]])
+    b = jnp.asarray([0.0, 0.0, -1.0])
+    c = jnp.asarray([1.0, 2.0])
+    x, y, s = jnp.asarray([1.0, 0.0]), jnp.asarray([0.0, 1.0, 1.0]), jnp.asarray([1.0, 0.0, 0.0])
+    return A, b, c, x, y, s
+
+
+def test_conic_residual_map_vanishes_at_a_known_solution():
+    A, b, c, x, y, s = _lp()
+    F = optimality.conic_residual_map({"l": 3})
+    z = optimality.ConicPoint(x, y - s)
+    assert z._fields == ("x", "v")
+    r = F(z, A, b, c)
+    assert isinstance(r, optimality.ConicPoint)
+    for leaf in r:
+        np.testing.assert_allclose(leaf, 0.0, atol=1e-15)
+    # Not at a wrong point: x off by 0.1, or a dual that violates c + Aᵀy = 0.
+    assert np.abs(np.asarray(F(optimality.ConicPoint(x + 0.1, y - s), A, b, c).v)).max() > 0.05
+    assert np.abs(np.asarray(F(optimality.ConicPoint(x, 2 * y - s), A, b, c).x)).max() > 0.5
+    # A second-order cone: min -x₂ s.t. ‖(x₁, x₂)‖ ≤ 1, i.e. s = (1, x₁, x₂) ∈ Q³ with
+    # A = [[0, 0], [-1, 0], [0, -1]], b = (1, 0, 0): x* = (0, 1), s* = (1, 0, 1), y* = (1, 0, -1).
+    Aq = jnp.asarray([[0.0, 0.0], [-1.0, 0.0], [0.0, -1.0]])
+    bq, cq = jnp.asarray([1.0, 0.0, 0.0]), jnp.asarray([0.0, -1.0])
+    xq, yq, sq = jnp.asarray([0.0, 1.0]), jnp.asarray([1.0, 0.0, -1.0]), jnp.asarray([1.0, 0.0, 1.0])
+    rq = optimality.conic_residual_map({"q": [3]})(optimality.ConicPoint(xq, yq - sq), Aq, bq, cq)
+    for leaf in rq:
+        np.testing.assert_allclose(leaf, 0.0, atol=1e-15)
+
+
+def test_conic_residual_map_derivative_matches_the_lp_closed_form():
+    A, b, c, x, y, s = _lp()
+    F = optimality.conic_residual_map({"l": 3})
+    from kktbridge import implicit_solution
+
+    def x_of(b):
+        return implicit_solution(F, optimality.ConicPoint(x, y - s), (A, b, c)).x
+
+    J = jax.jacfwd(x_of)(b)
+    np.testing.assert_allclose(J, [[0.0, 1.0, -1.0], [0.0, -1.0, 0.0]], atol=1e-12)
+    np.testing.assert_allclose(jax.jacrev(x_of)(b), J, atol=1e-12)
+    # dx/dc = 0 on an LP vertex (the vertex does not move with the cost).
+    np.testing.assert_allclose(
+        jax.jacfwd(lambda c: implicit_solution(F, optimality.ConicPoint(x, y - s), (A, b, c)).x)(c), 0.0, atol=1e-12
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Proximal gradient: lasso
 # --------------------------------------------------------------------------------------------
@@ -192,9 +278,10 @@ def test_proximal_gradient_without_prox_is_gradient_descent(rng):
     Q = _quadratic(rng)
     f = lambda x, b: 0.5 * x @ Q @ x - b @ x
     x, b = jnp.asarray(rng.standard_normal(4)), jnp.asarray(rng.standard_normal(4))
-    np.testing.assert_allclose(
-        proximal_gradient_fixed_point(f, None, 0.3)(x, b, "ignored"), gradient_descent_fixed_point(f, 0.3)(x, b)
-    )
+    # Both against the explicit step x - η(Qx - b), not against each other (they share code).
+    step = np.asarray(x) - 0.3 * (np.asarray(Q) @ np.asarray(x) - np.asarray(b))
+    np.testing.assert_allclose(proximal_gradient_fixed_point(f, None, 0.3)(x, b, "ignored"), step, rtol=1e-13)
+    np.testing.assert_allclose(gradient_descent_fixed_point(f, 0.3)(x, b), step, rtol=1e-13)
 
 
 def test_proximal_gradient_jit_vmap(rng):
@@ -316,6 +403,12 @@ def test_newton_fixed_point_strongly_convex_pytree(rng):
     # A damped Newton map has the same fixed point and the same implicit derivative.
     T_damped = newton_fixed_point(f, stepsize=0.5)
     np.testing.assert_allclose(flat(jax.jit(T_damped)(x, theta)), flat(x), rtol=0, atol=1e-13)
+
+    @custom_fixed_point(T_damped)
+    def damped_solver(init, theta):
+        return jax.lax.fori_loop(0, 80, lambda _, x: T_damped(x, theta), init)
+
+    _rel_close(jax.jit(jax.jacfwd(lambda t: flat(damped_solver(init, t))))(theta), np.linalg.inv(hess), 1e-10)
 
 
 def test_newton_root_fixed_point_scalar_cubic():
