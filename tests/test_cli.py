@@ -35,6 +35,7 @@ def _numbers(obj):
             yield from _numbers(v)
 
 
+@pytest.mark.slow  # ~1-2 min on the 2-core CI: every benchmark suite at --quick size (KKTBRIDGE_SLOW=1)
 def test_bench_quick_writes_json_and_plot(tmp_path, capsys):
     js, png = tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.png"
     assert main(["bench", "--quick", "--json", str(js), "--plot", str(png)]) == 0
