@@ -267,3 +267,29 @@ def test_licq_failure_gives_finite_minimum_norm_derivatives():
     # splits its derivative equally between the two copies.
     np.testing.assert_allclose(Jlam.sum(0), [0.5, 0.5], atol=1e-6)
     np.testing.assert_allclose(Jlam[0], Jlam[1], atol=1e-6)
+
+
+def test_nlp_solution_record():
+    # Projection of y onto the half-space a·x <= b (active), with bounds x <= 10 (inactive).
+    params = {"y": jnp.array([1.0, 2.0, -0.5]), "a": jnp.array([1.0, 1.0, 0.5]), "b": jnp.array(1.0)}
+    s = kb.solve_nlp(proj_obj, jnp.zeros(3), params, ineq=proj_ineq, upper=10.0, **TIGHT)
+    assert isinstance(s, kb.NLPSolution)
+    assert s._fields == ("x", "eq_dual", "ineq_dual", "lower_dual", "upper_dual", "objective", "status", "iterations", "diagnostics")
+    assert isinstance(s.diagnostics, kb.Diagnostics)
+    assert s.eq_dual.shape == (0,) and s.ineq_dual.shape == (1,) and s.lower_dual.shape == (3,) and s.upper_dual.shape == (3,)
+    assert s.status.dtype == jnp.int32 and int(s.status) == int(kb.Status.SOLVED) and int(s.iterations) >= 1
+    np.testing.assert_allclose(s.upper_dual, 0.0, atol=1e-8)  # inactive bounds
+    np.testing.assert_allclose(s.lower_dual, 0.0, atol=0)  # no lower bounds: exactly zero
+    # objective = f(x*, p), and it is differentiable. Envelope theorem: d f(x*(p), p)/dy = ∂L/∂y
+    # = y - x* = λ a (x* = y - λ a), checked in closed form and by central differences.
+    np.testing.assert_allclose(s.objective, proj_obj(s.x, params), rtol=1e-12)
+    g = jax.grad(lambda p: kb.solve_nlp(proj_obj, jnp.zeros(3), p, ineq=proj_ineq, upper=10.0, **TIGHT).objective)(params)
+    np.testing.assert_allclose(g["y"], s.ineq_dual[0] * params["a"], rtol=1e-7)
+    fd = fd_jacobian(
+        lambda y: kb.solve_nlp(proj_obj, jnp.zeros(3), {**params, "y": jnp.asarray(y)}, ineq=proj_ineq, upper=10.0, **TIGHT).objective,
+        params["y"],
+    )
+    assert rel_err(g["y"], fd) < 1e-6
+    # A pytree: flattens and rebuilds with the x structure of x0.
+    leaves, tree = jax.tree_util.tree_flatten(s)
+    assert isinstance(jax.tree_util.tree_unflatten(tree, leaves), kb.NLPSolution)

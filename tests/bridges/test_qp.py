@@ -228,3 +228,30 @@ def test_warm_start_gives_the_same_solution_and_is_not_differentiated():
     np.testing.assert_allclose(jax.jacrev(x_warm)(q), jax.jacrev(x_cold)(q), atol=1e-9)
     with pytest.raises(ValueError, match="warm_start: expected a tuple"):
         kb.solve_qp(**data, warm_start=cold.x)
+
+
+def test_qp_solution_record():
+    # x* = max(-q, 0) for P = I, x >= 0 (here (0, 2, 0)) with λ = max(q, 0).
+    q = jnp.array([1.0, -2.0, 0.5])
+    s = kb.solve_qp(jnp.eye(3), q, G=-jnp.eye(3), h=jnp.zeros(3))
+    assert isinstance(s, kb.QPSolution) and s._fields == ("x", "eq_dual", "ineq_dual", "status", "iterations", "diagnostics")
+    assert isinstance(s.diagnostics, kb.Diagnostics)
+    assert s.x.shape == (3,) and s.eq_dual.shape == (0,) and s.ineq_dual.shape == (3,)
+    assert s.status.dtype == jnp.int32 and int(s.status) == int(kb.Status.SOLVED) and int(s.iterations) >= 1
+    np.testing.assert_allclose(s.x, [0.0, 2.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(s.ineq_dual, [1.0, 0.0, 0.5], atol=1e-9)
+    # A pytree: it flattens and rebuilds, crosses jit, and vmap batches every field.
+    leaves, tree = jax.tree_util.tree_flatten(s)
+    assert isinstance(jax.tree_util.tree_unflatten(tree, leaves), kb.QPSolution)
+    sj = jax.jit(lambda q: kb.solve_qp(jnp.eye(3), q, G=-jnp.eye(3), h=jnp.zeros(3)))(q)
+    assert isinstance(sj, kb.QPSolution)
+    np.testing.assert_allclose(sj.x, s.x, atol=1e-12)
+    sv = jax.vmap(lambda q: kb.solve_qp(jnp.eye(3), q, G=-jnp.eye(3), h=jnp.zeros(3)))(jnp.stack([q, -q]))
+    assert sv.x.shape == (2, 3) and sv.status.shape == (2,) and sv.diagnostics.residual.shape == (2,)
+    np.testing.assert_allclose(sv.x[1], np.maximum(np.asarray(q), 0.0), atol=1e-9)
+    # Every float field is differentiable: dλ/dq = diag(1 where q > 0).
+    np.testing.assert_allclose(
+        jax.jacfwd(lambda q: kb.solve_qp(jnp.eye(3), q, G=-jnp.eye(3), h=jnp.zeros(3)).ineq_dual)(q),
+        np.diag([1.0, 0.0, 1.0]),
+        atol=1e-9,
+    )
