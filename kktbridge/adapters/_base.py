@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
+import contextlib
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Optional, Sequence
@@ -23,7 +25,7 @@ import numpy as np
 
 from kktbridge.core._status import SolverError, Status
 
-__all__ = ["Adapter", "ChunkedAdapter", "HostSolution", "call_adapter", "new_token", "pop_native", "thread_pool", "num_workers"]
+__all__ = ["Adapter", "ChunkedAdapter", "HostSolution", "call_adapter", "new_token", "pop_native", "quiet_stdout", "thread_pool", "num_workers"]
 
 
 @dataclass
@@ -173,6 +175,58 @@ class ChunkedAdapter(Adapter):
             return self.solve_chunk(batch, shared, options)
         except Exception:  # noqa: BLE001 - isolate the offending instance: solve the chunk one by one
             return [self.guarded_solve_one(d, options) for d in batch]
+
+
+class _ThreadFilteredStream:
+    """``sys.stdout`` stand-in that drops writes from threads inside :func:`quiet_stdout`."""
+
+    def __init__(self, target: Any):
+        self._target = target
+
+    def write(self, text: str) -> int:
+        return len(text) if getattr(_QUIET, "depth", 0) else self._target.write(text)
+
+    def flush(self) -> None:
+        if not getattr(_QUIET, "depth", 0):
+            self._target.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+_QUIET = threading.local()
+_QUIET_LOCK = threading.Lock()
+_QUIET_USERS = [0, None]  # active users, installed proxy
+
+
+@contextlib.contextmanager
+def quiet_stdout(enabled: bool = True):
+    """Silence what a solver prints through Python's ``sys.stdout`` in *this* thread.
+
+    Some solvers (OSQP's "Polishing not needed…") print through the interpreter even with
+    ``verbose=False``. A file-descriptor redirect misses that, and swapping ``sys.stdout`` for
+    everyone would also swallow the user's own output from other threads, so a proxy drops only
+    the writes of threads currently inside this context.
+    """
+    if not enabled:
+        yield
+        return
+    with _QUIET_LOCK:
+        if _QUIET_USERS[0] == 0:
+            _QUIET_USERS[1] = _ThreadFilteredStream(sys.stdout)
+            sys.stdout = _QUIET_USERS[1]
+        _QUIET_USERS[0] += 1
+    _QUIET.depth = getattr(_QUIET, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _QUIET.depth -= 1
+        with _QUIET_LOCK:
+            _QUIET_USERS[0] -= 1
+            if _QUIET_USERS[0] == 0:
+                if sys.stdout is _QUIET_USERS[1]:
+                    sys.stdout = _QUIET_USERS[1]._target
+                _QUIET_USERS[1] = None
 
 
 _NATIVE_LOCK = threading.Lock()

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from kktbridge.adapters._base import ChunkedAdapter, HostSolution
+from kktbridge.adapters._base import ChunkedAdapter, HostSolution, quiet_stdout
 from kktbridge.core._status import Status
 
 # osqp.SolverStatus values (OSQP >= 1.0).
@@ -94,9 +94,13 @@ class OSQPAdapter(ChunkedAdapter):
                 raise ValueError(f"options: {key!r} is not an OSQP setting; valid settings: {', '.join(valid)}")
 
     def solve_chunk(self, batch: Sequence[dict], shared: frozenset, options: Mapping[str, Any]) -> list[HostSolution]:
+        settings = {**DEFAULT_OPTIONS, **options}
+        with quiet_stdout(not settings.get("verbose", False)):
+            return self._solve_chunk(batch, shared, settings)
+
+    def _solve_chunk(self, batch: Sequence[dict], shared: frozenset, settings: Mapping[str, Any]) -> list[HostSolution]:
         import osqp
 
-        settings = {**DEFAULT_OPTIONS, **options}
         m_eq = batch[0]["A"].shape[0]
         n = batch[0]["P"].shape[0]
         m = m_eq + batch[0]["G"].shape[0]

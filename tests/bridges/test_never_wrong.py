@@ -329,3 +329,14 @@ def test_weak_constraint_in_an_anisotropic_problem_takes_the_inactive_branch():
 
     np.testing.assert_allclose(jax.jacfwd(x0)(0.0), 1.0, atol=1e-6)
     np.testing.assert_allclose(jax.jacfwd(x0)(1.0), 0.0, atol=1e-6)  # strongly active at p = 1
+
+
+def test_solvers_are_silent_unless_verbose(capfd):
+    # Nothing active: OSQP's polish step would print "Polishing not needed..." through Python.
+    P, G, h = jnp.eye(3), jnp.eye(3), jnp.full(3, 1e3)
+    kb.solve_qp(P, Q3, G=G, h=h)
+    jax.vmap(lambda q: kb.solve_qp(P, q, G=G, h=h).x)(jnp.stack([Q3, Q3 + 1.0]))
+    out = capfd.readouterr()
+    assert out.out == "" and out.err == "", out
+    kb.solve_qp(P, Q3, G=G, h=h, verbose=True)
+    assert "OSQP" in capfd.readouterr().out
