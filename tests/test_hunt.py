@@ -417,3 +417,146 @@ def test_hunt_nlp_failing_draws_and_masked_batch(examples):
         g, g_ref = jax.grad(loss)(a, np.arange(3)), jax.grad(loss)(a, keep)
         assert np.all(np.isfinite(np.asarray(g))) and np.abs(np.asarray(g_ref)).max() > 1e-2  # not vacuous
         assert rel_err(g, g_ref) < 1e-10
+
+
+# ============================================================================ conic programs
+
+#: Every cone kind in one program (SCS order): zero, nonnegative, SOC, PSD (2x2), primal and
+#: dual exponential, primal (α = 0.4) and dual (α = 0.6) power.
+MIXED = {"z": 1, "l": 2, "q": [3], "s": [2], "ep": 1, "ed": 1, "p": [0.4, -0.6]}
+SCS_TIGHT = dict(eps_abs=1e-12, eps_rel=1e-12, max_iters=200_000)
+
+
+def _exp_primal(rng):  # (x, y, z): y > 0, z > y exp(x/y)
+    y = rng.uniform(0.5, 1.5)
+    x = 0.5 * rng.normal()
+    return [x, y, y * np.exp(x / y) + rng.uniform(0.5, 1.5)]
+
+
+def _exp_dual(rng):  # (u, v, w): u < 0, e w > -u exp(v/u)
+    u = -rng.uniform(0.5, 1.5)
+    v = 0.5 * rng.normal()
+    return [u, v, -u * np.exp(v / u) / np.e + rng.uniform(0.5, 1.5)]
+
+
+def _pow_primal(rng, a):  # x, y > 0, |z| < x^a y^(1-a)
+    x, y = rng.uniform(0.5, 1.5, 2)
+    return [x, y, rng.uniform(-0.8, 0.8) * x**a * y ** (1 - a)]
+
+
+def _pow_dual(rng, a):  # u, v > 0, |w| < (u/a)^a (v/(1-a))^(1-a)
+    u, v = rng.uniform(0.5, 1.5, 2)
+    return [u, v, rng.uniform(-0.8, 0.8) * (u / a) ** a * (v / (1 - a)) ** (1 - a)]
+
+
+def interior_point(rng, cone, dual):
+    """A point in the interior of K (or of K* with ``dual``), SCS's conventions, by hand."""
+    out = list(rng.normal(size=cone.get("z", 0))) if dual else [0.0] * cone.get("z", 0)
+    out += list(rng.uniform(0.5, 2.0, cone.get("l", 0)))
+    for k in cone.get("q", []):
+        u = rng.normal(size=k - 1)
+        out += [np.linalg.norm(u) + rng.uniform(0.5, 1.5), *u]
+    for k in cone.get("s", []):
+        M = rng.normal(size=(k, k))
+        X = M @ M.T + np.eye(k)
+        out += [X[i, j] * (1.0 if i == j else np.sqrt(2.0)) for j in range(k) for i in range(j, k)]
+    for _ in range(cone.get("ep", 0)):
+        out += _exp_dual(rng) if dual else _exp_primal(rng)
+    for _ in range(cone.get("ed", 0)):
+        out += _exp_primal(rng) if dual else _exp_dual(rng)
+    for a in cone.get("p", []):
+        primal = (a > 0) != dual
+        out += _pow_primal(rng, abs(a)) if primal else _pow_dual(rng, abs(a))
+    return np.asarray(out)
+
+
+def conic_draw(seed, cone, n=4):
+    """min cᵀx s.t. Ax + s = b, s ∈ K with strictly feasible primal (x₀, s₀) and dual y₀: an
+    optimum exists, and is unique and strictly complementary for generic A."""
+    rng = np.random.default_rng(seed)
+    s0 = interior_point(rng, cone, dual=False)
+    y0 = interior_point(rng, cone, dual=True)
+    A = rng.normal(size=(s0.size, n))
+    return A, A @ rng.normal(size=n) + s0, -A.T @ y0
+
+
+def conic_flat(A, b, c, cone):
+    s = kb.solve_conic(A, b, c, cone, **SCS_TIGHT)
+    return jnp.concatenate([s.x, s.y, s.s])
+
+
+def _fd4_dir(fun, args, d, h=2e-4):
+    """Fourth-order central difference of ``fun`` along ``d`` (error ~h⁴ f⁽⁵⁾ + solve error / h)."""
+    at = lambda t: np.asarray(fun(*[x + t * e for x, e in zip(args, d)]))  # noqa: E731
+    return (8 * (at(h) - at(-h)) - (at(2 * h) - at(-2 * h))) / (12 * h)
+
+
+def conic_check(seed, cone):
+    A, b, c = conic_draw(seed, cone)
+    s = kb.solve_conic(A, b, c, cone, diagnose=True, **SCS_TIGHT)
+    assert int(s.status) == int(kb.Status.SOLVED)
+    # Well-posed draws only: the IFT matrix's conditioning bounds how far FD can confirm 1e-6.
+    assume(float(s.diagnostics.kkt_condition) < 1e4)
+    # Values: the same optimum as cvxpy + Clarabel (independent cones and solver).
+    x_ref, s_ref, val = cvxpy_reference(np.asarray(A), np.asarray(b), np.asarray(c), cone, "CLARABEL",
+                                        tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    assert abs(float(c @ s.x) - val) <= 1e-7 * max(1.0, abs(val))
+    # The point: interior-point references on exp/power cones are ~1e-6 accurate (see test_cones).
+    np.testing.assert_allclose(s.x, x_ref, atol=1e-4 * max(1.0, np.abs(x_ref).max()))
+    # Derivatives along a random direction of (A, b, c) vs fourth-order differences of SCS.
+    rng = np.random.default_rng(seed + 7)
+    d = [0.1 * rng.normal(size=A.shape), 0.1 * rng.normal(size=b.shape), 0.1 * rng.normal(size=c.shape)]
+    fun = jax.jit(lambda A, b, c: conic_flat(A, b, c, cone))
+    _, jd = jax.jit(lambda args, d: jax.jvp(lambda *a: conic_flat(*a, cone), args, d))((A, b, c), tuple(d))
+    assert rel_err(jd, _fd4_dir(fun, (A, b, c), d)) < 1e-6
+    # Reverse mode is the transpose of forward mode.
+    w = rng.normal(size=jd.shape)
+    ct = jax.vjp(lambda *a: conic_flat(*a, cone), A, b, c)[1](jnp.asarray(w))
+    lhs, rhs = float(w @ np.asarray(jd)), sum(float(np.vdot(np.asarray(g), e)) for g, e in zip(ct, d))
+    assert abs(lhs - rhs) <= 1e-8 * max(1.0, abs(lhs))
+
+
+@tiers(2, 15)
+def test_hunt_conic_every_cone_kind(examples):
+    @hunt(examples, seed=st.integers(0, 2**31))
+    def check(seed):
+        conic_check(seed, MIXED)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cone", [{"l": 6}, {"z": 1, "l": 2, "q": [4]}, {"l": 1, "s": [3]}, {"l": 2, "ep": 2},
+                                  {"l": 2, "ed": 2}, {"l": 2, "p": [0.3, -0.7]}], ids=["l", "q", "s", "ep", "ed", "p"])
+def test_hunt_conic_per_cone_kind(cone):
+    @hunt(10, seed=st.integers(0, 2**31))
+    def check(seed):
+        conic_check(seed, cone)
+
+
+@tiers(1, 8)
+def test_hunt_conic_failing_draw_and_masked_batch(examples):
+    # Box LP min cᵀx s.t. -lo ≤ Dx ≤ hi (A = [-D; D] shared): lo = -2 > hi = 1 makes an instance
+    # infeasible; masking it out leaves the gradient w.r.t. the shared A as without it.
+    @hunt(examples, seed=st.integers(0, 2**31), bad=st.integers(0, 2))
+    def check(seed, bad):
+        rng = np.random.default_rng(seed)
+        D = np.diag(rng.uniform(0.5, 2.0, 2))
+        A = jnp.asarray(np.vstack([-D, D]))
+        B = rng.uniform(0.5, 1.5, size=(3, 4))
+        B[bad, :2] = -2.0  # x₀ ≥ 2/d₀ and x₀ ≤ hi/d₀ < 2/d₀: infeasible
+        B[bad, 2:] = 1.0
+        c = jnp.asarray(rng.normal(size=2))
+        solve = lambda A, b: kb.solve_conic(A, b, c, {"l": 4}, on_failure="nan", **SCS_TIGHT)  # noqa: E731
+        s = solve(A, jnp.asarray(B[bad]))
+        assert int(s.status) != int(kb.Status.SOLVED) and nan_everywhere((s.x, s.y, s.s))
+        assert nan_everywhere(jax.grad(lambda A: jnp.sum(solve(A, jnp.asarray(B[bad])).x))(A))
+        assert nan_everywhere(jax.jacfwd(lambda b: solve(A, b).x)(jnp.asarray(B[bad])))
+
+        def loss(A, Bs):
+            sols = jax.vmap(lambda b: solve(A, b))(Bs)
+            ok = (sols.status == int(kb.Status.SOLVED))[:, None]
+            return jnp.sum(jnp.where(ok, sols.x, 0.0) ** 2)
+
+        keep = np.array([i for i in range(3) if i != bad])
+        g, g_ref = jax.grad(loss)(A, jnp.asarray(B)), jax.grad(loss)(A, jnp.asarray(B[keep]))
+        assert np.all(np.isfinite(np.asarray(g))) and np.abs(np.asarray(g_ref)).max() > 1e-2
+        assert rel_err(g, g_ref) < 1e-9
