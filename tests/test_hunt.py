@@ -161,16 +161,6 @@ def test_hunt_qp_values_and_derivatives(examples):
 
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "library bug (3889ee1 activity rule 'active iff λ̂ > 10·ŝ', no floor): OSQP leaves a weakly active row "
-        "with λ = 0 (or ~1e-15) and g = +1e-51 (ŝ slightly negative), so 0 > 10·ŝ classifies it ACTIVE; the "
-        "derivative is the active branch although diagnostics.weakly_active == 1 and the README promises the "
-        "inactive one (seed 0, shape (4, 1, 3): dλ₀ = -0.19, not 0)"
-    ),
-)
 @tiers(3, 30)
 def test_hunt_qp_weakly_active_takes_the_inactive_branch(examples):
     @hunt(examples, seed=st.integers(0, 2**31), shape=QP_SHAPES)

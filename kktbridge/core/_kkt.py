@@ -223,7 +223,10 @@ def kkt_activity(
         s_hat = s / (rn_safe * xs)
         # Active iff the multiplier dominates the slack by the factor ACTIVITY_RATIO; no absolute
         # floor on λ̂ (a strongly active constraint may carry a tiny multiplier: λ̂ ≫ ŝ still).
-        active = (lam_hat > ACTIVITY_RATIO * s_hat) & ~absent
+        # Clip the slack at 0 (a solver may leave g = +1e-50) and require a multiplier above
+        # round-off: an exact tie (λ = g = 0, e.g. after OSQP's polish) stays inactive.
+        floor = 100 * float(np.finfo(np.dtype(dtype)).eps)
+        active = (lam_hat > jnp.maximum(ACTIVITY_RATIO * jnp.maximum(s_hat, 0.0), floor)) & ~absent
         weak = (jnp.maximum(lam_hat, s_hat) <= tau) & ~absent
         margin = jnp.min(jnp.where(absent, jnp.inf, jnp.maximum(lam_hat, s_hat)), initial=jnp.inf)
         # Complementarity residual in the same scale-free units: the product (an interior point

@@ -27,22 +27,6 @@ from tests._peers import peer
 
 clarabel = peer("clarabel")  # optional peer: skips when missing, fails under KKTBRIDGE_REQUIRE_PEERS=1
 
-#: Library bug found by this suite (strict xfail: a fix makes these XPASS, which fails until the
-#: marks are removed). Clarabel's default options (tol_gap 1e-14, tol_feas 1e-12) are not reached
-#: on these well-posed, well-conditioned problems; Clarabel then ends ``AlmostSolved``, which the
-#: certified-only policy (fa3eb1c) maps to SOLVED_INACCURATE, a failure: solve_conic(...,
-#: solver="clarabel") raises (SolverError eagerly, JaxRuntimeError inside jit).
-ALMOST_SOLVED = pytest.mark.xfail(
-    strict=True,
-    raises=(kktbridge.SolverError, jax.errors.JaxRuntimeError),
-    reason="library bug: Clarabel defaults end AlmostSolved (SOLVED_INACCURATE, now a failure) on this problem",
-)
-
-
-def _bug(names, *params):
-    return [pytest.param(n, marks=ALMOST_SOLVED) if n in names else n for n in params]
-
-
 #: SCS reference tolerance: converges to ~1e-12 on these small, well-conditioned problems.
 SCS_TIGHT = dict(eps_abs=1e-12, eps_rel=1e-12)
 
@@ -100,7 +84,7 @@ def test_psd_permutation_matches_clarabel_upper_triangle():
 SOL_ATOL = {"lp": 1e-7, "socp": 1e-7, "exp": 1e-7, "psd": 1e-6, "pow": 1e-5}
 
 
-@pytest.mark.parametrize("name", _bug({"exp", "pow"}, *CONES))
+@pytest.mark.parametrize("name", CONES)
 def test_solution_matches_known_optimum_scs_and_cvxpy(name):
     cone = CONES[name]
     A, b, c, truth = make_problem(cone, seed=1)
@@ -125,7 +109,7 @@ def _jacobians(cone, A, b, c, solver, **opts):
 JAC_TOL = {"lp": 1e-6, "socp": 1e-6, "exp": 1e-6, "psd": 1e-6, "pow": 2e-5}
 
 
-@pytest.mark.parametrize("name", _bug({"psd", "pow"}, *CONES))
+@pytest.mark.parametrize("name", CONES)
 def test_jacobians_match_scs(name):
     cone = CONES[name]
     A, b, c, _ = make_problem(cone, seed=3)
@@ -152,7 +136,7 @@ def _fd4(fun, x, h=2e-4):
 #: residual map both derivatives share. Clarabel's own solution error (SOL_ATOL) bounds the
 #: agreement: 1e-6 for LP/SOCP/exp/PSD, 2e-5 for power cones (their ~2e-6 solution error times
 #: the IFT conditioning, as measured in JAC_TOL).
-@pytest.mark.parametrize("name", _bug({"psd", "pow"}, *CONES))
+@pytest.mark.parametrize("name", CONES)
 def test_jacobians_match_central_differences(name):
     cone = CONES[name]
     A, b, c, _ = make_problem(cone, seed=3)
@@ -180,7 +164,6 @@ def test_infeasible_and_unbounded_raise(A, b, c, word):
     assert np.all(np.isnan(sol.x))
 
 
-@ALMOST_SOLVED
 def test_vmap_over_b_equals_loop():
     cone = CONES["socp"]
     A, b, c, _ = make_problem(cone, seed=2)

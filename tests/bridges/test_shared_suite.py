@@ -29,13 +29,7 @@ def _kind(name):
 
 #: Known library bugs this suite reveals: (kind, solver) -> reason. Strict xfail: fixing the bug
 #: makes the test XPASS, which fails until the entry is removed.
-KNOWN_BUGS = {
-    ("conic", "clarabel"): (
-        "library bug: Clarabel's default options (tol_gap 1e-14, tol_feas 1e-12) are not reached on this "
-        "well-posed SOCP; Clarabel ends AlmostSolved, which the certified-only policy (fa3eb1c) now treats "
-        "as a failure (SOLVED_INACCURATE), so solve_conic(..., solver='clarabel') raises on it"
-    ),
-}
+KNOWN_BUGS: dict = {}
 
 
 def _params(kind):
