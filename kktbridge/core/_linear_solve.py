@@ -128,6 +128,10 @@ def _lu_or_pinv(A: jax.Array, B: jax.Array, rcond: float) -> tuple[jax.Array, ja
     """LU solution and whether the pivots (or a non-finite result) reveal singularity."""
     lu, piv = jsp.linalg.lu_factor(A)
     X = jsp.linalg.lu_solve((lu, piv), B)
+    if jnp.finfo(A.dtype).bits < 64:
+        # One step of iterative refinement: in single precision the LU solution of a KKT system
+        # loses digits to pivot growth; the correction recovers them for one more triangular solve.
+        X = X + jsp.linalg.lu_solve((lu, piv), B - A @ X)
     pivots = jnp.abs(jnp.diagonal(lu))
     singular = (jnp.min(pivots, initial=jnp.inf) <= rcond * jnp.max(pivots, initial=0.0)) | ~jnp.all(jnp.isfinite(X))
     return X, singular
