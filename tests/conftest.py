@@ -50,24 +50,24 @@ def _required_peer_skip(report) -> str | None:
     return None
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
+def _fail_required_skip(report) -> None:
+    """Turn a skip that blames a required optional peer into a failure (test or collection)."""
     name = _required_peer_skip(report)
     if name:
         report.outcome = "failed"
         report.longrepr = f"required optional peer {name!r} is missing (KKTBRIDGE_REQUIRE_PEERS): {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_required_skip(outcome.get_result())
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_make_collect_report(collector):
     outcome = yield
-    report = outcome.get_result()
-    name = _required_peer_skip(report)
-    if name:
-        report.outcome = "failed"
-        report.longrepr = f"required optional peer {name!r} is missing (KKTBRIDGE_REQUIRE_PEERS): {report.longrepr}"
+    _fail_required_skip(outcome.get_result())
 
 
 def pytest_collection_modifyitems(config, items):

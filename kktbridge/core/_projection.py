@@ -850,32 +850,6 @@ def projection_simplex_kl(x: jax.Array, value: Any = 1.0) -> jax.Array:
     return jnp.asarray(value, dtype=x.dtype) * jax.nn.softmax(x.ravel()).reshape(x.shape)
 
 
-@functools.partial(jax.jit, static_argnames=("max_iter",))
-def _sinkhorn(x: jax.Array, log_a: jax.Array, log_b: jax.Array, max_iter: int, tol: float) -> tuple:
-    """Log-domain Sinkhorn: potentials ``(f, g)`` with ``exp(f_i + x_ij + g_j)`` of marginals ``(a, b)``."""
-    a = jnp.exp(log_a)
-
-    def row_error(f, g):
-        rows = jnp.exp(jax.nn.logsumexp(f[:, None] + x + g[None, :], axis=1))
-        return jnp.sum(jnp.abs(rows - a))
-
-    def cond(state):
-        _, _, err, it = state
-        return (err > tol) & (it < max_iter)
-
-    def body(state):
-        f, g, _, it = state
-        f = log_a - jax.nn.logsumexp(x + g[None, :], axis=1)
-        g = log_b - jax.nn.logsumexp(x + f[:, None], axis=0)
-        # Column marginals are exact after the g-update, so the row error is the whole error.
-        return f, g, row_error(f, g), it + 1
-
-    f0 = jnp.zeros(x.shape[0], x.dtype)
-    g0 = jnp.zeros(x.shape[1], x.dtype)
-    f, g, _, _ = jax.lax.while_loop(cond, body, (f0, g0, jnp.asarray(jnp.inf, x.dtype), 0))
-    return f, g
-
-
 def _transport_optimality(sol, x, log_a, log_b):
     """Marginal conditions in log scale, with the gauge ``g_d = 0`` and the last column condition dropped.
 
