@@ -13,12 +13,15 @@ which is exactly the Lagrangian kktbridge's KKT residual uses.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 
 from kktbridge.adapters._base import Adapter, HostSolution
 from kktbridge.core._status import Status
+
+if TYPE_CHECKING:  # the bridge builds the oracles; the adapter only calls them
+    from kktbridge.core._oracles import NLPOracles
 
 # Every ApplicationReturnStatus IPOPT documents (cyipopt reports it as info["status"]).
 _STATUS = {
@@ -55,7 +58,7 @@ class _Problem:
     per point ``x`` (the last one is remembered), halving oracle dispatches per iteration.
     """
 
-    def __init__(self, oracles: NLPOracles, p: np.ndarray):
+    def __init__(self, oracles: "NLPOracles", p: np.ndarray):
         self.o, self.p = oracles, p
         self.iterations = 0
         self._fg: tuple = (None, None, None)

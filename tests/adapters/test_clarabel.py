@@ -23,6 +23,7 @@ from kktbridge.core._status import Status
 from tests._conic_problems import cvxpy_reference
 from tests._conic_problems import make_problem as _shared_make_problem
 
+from tests._fd import fd4_jacobian
 from tests._peers import peer
 
 clarabel = peer("clarabel")  # optional peer: skips when missing, fails under KKTBRIDGE_REQUIRE_PEERS=1
@@ -119,16 +120,8 @@ def test_jacobians_match_scs(name):
         np.testing.assert_allclose(ours[k], ref[k], atol=JAC_TOL[name], rtol=JAC_TOL[name], err_msg=f"d/d{key}")
 
 
-def _fd4(fun, x, h=2e-4):
-    """Fourth-order central differences (error budget: see ``tests/bridges/test_conic.py::_fd``)."""
-    x = np.asarray(x, dtype=np.float64)
-    cols = []
-    for idx in np.ndindex(*x.shape):
-        e = np.zeros_like(x)
-        e[idx] = h
-        f = lambda t: np.asarray(fun(x + t * e))  # noqa: E731
-        cols.append((8 * (f(1) - f(-1)) - (f(2) - f(-2))) / (12 * h))
-    return np.stack(cols, axis=-1).reshape(np.shape(fun(x)) + x.shape)
+# Fourth-order central differences (error budget: see ``tests/bridges/test_conic.py::_fd``).
+_fd4 = fd4_jacobian
 
 
 #: Clarabel's Jacobian vs central differences of the exact solution map. The map is sampled with

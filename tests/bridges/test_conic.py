@@ -19,6 +19,7 @@ from tests._conic_problems import cvxpy_reference
 from tests._conic_problems import make_problem as _shared_make_problem
 from kktbridge.core._cones import psd_mat
 from kktbridge.core._conic import hsde_residual
+from tests._fd import fd4_jacobian
 from tests._peers import peer
 
 #: SCS tolerances for reference solves: SCS then converges to ~1e-12, which finite differences
@@ -120,21 +121,12 @@ def test_jacobians_match_diffcp(name):
             np.testing.assert_allclose(ours[j][k], ref[o, key], atol=1e-6, rtol=1e-6, err_msg=f"d{o}/d{key}")
 
 
-def _fd(fun, x, h=2e-4):
-    """Fourth-order central differences.
-
-    The solution maps here have large higher derivatives (first derivatives up to ~50), so the
-    O(h^4) truncation error is ~1e-8 at h = 2e-4 (measured: 1.5e-7 at h = 1e-3, 6e-9 at 3e-4),
-    while SCS's ~1e-13 solution error contributes only ~1e-9.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    cols = []
-    for idx in np.ndindex(*x.shape):
-        e = np.zeros_like(x)
-        e[idx] = h
-        f = lambda t: np.asarray(fun(x + t * e))  # noqa: E731
-        cols.append((8 * (f(1) - f(-1)) - (f(2) - f(-2))) / (12 * h))
-    return np.stack(cols, axis=-1).reshape(np.shape(fun(x)) + x.shape)
+# Fourth-order central differences.
+#
+# The solution maps here have large higher derivatives (first derivatives up to ~50), so the
+# O(h^4) truncation error is ~1e-8 at h = 2e-4 (measured: 1.5e-7 at h = 1e-3, 6e-9 at 3e-4),
+# while SCS's ~1e-13 solution error contributes only ~1e-9.
+_fd = fd4_jacobian
 
 
 @pytest.mark.parametrize("name", list(CONES))
