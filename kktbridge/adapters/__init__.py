@@ -14,9 +14,13 @@ from kktbridge.adapters._base import Adapter, HostSolution, call_adapter, new_to
 
 # name -> (module, class). One line per solver.
 _REGISTRY: dict[str, tuple[str, str]] = {
+    "auto": ("kktbridge.adapters.auto", "AutoQPAdapter"),
     "clarabel": ("kktbridge.adapters.clarabel", "ClarabelAdapter"),
+    "daqp": ("kktbridge.adapters.daqp", "DAQPAdapter"),
     "ipopt": ("kktbridge.adapters.ipopt", "IpoptAdapter"),
     "osqp": ("kktbridge.adapters.osqp", "OSQPAdapter"),
+    "piqp": ("kktbridge.adapters.piqp", "PIQPAdapter"),
+    "proxsuite": ("kktbridge.adapters.proxsuite", "ProxSuiteAdapter"),
     "scs": ("kktbridge.adapters.scs", "SCSAdapter"),
 }
 

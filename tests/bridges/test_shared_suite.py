@@ -17,7 +17,7 @@ from tests._peers import peer
 #: they must import. The others wrap optional peers: they skip when the peer is missing (and
 #: fail under ``KKTBRIDGE_REQUIRE_PEERS=1``, see tests/_peers.py).
 HARD = {"ipopt": "cyipopt", "osqp": "osqp", "scs": "scs"}
-OPTIONAL = {"clarabel": "clarabel"}
+OPTIONAL = {"clarabel": "clarabel", "daqp": "daqp", "proxsuite": "proxsuite", "piqp": "piqp", "auto": "osqp"}
 
 
 def _kind(name):
