@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 #: Suite name -> module (under ``kktbridge._bench``).
 SUITES: dict[str, str] = {
     "qp-layer": "qp_layer",
+    "qp-solvers": "qp_solvers",
     "socp-layer": "socp_layer",
     "nlp": "nlp",
     "eager": "eager",
