@@ -213,7 +213,10 @@ class BridgePlan:
     * ``residual(z, args, activity) -> F`` — the optimality conditions whose root is ``z``;
     * ``fallback(args, extra) -> z`` — a point where ``residual`` is finite, used to linearise
       failed instances;
-    * ``finish(z, values, args, status, iterations, diagnostics) -> solution``.
+    * ``finish(z, values, args, status, iterations, diagnostics) -> solution``;
+    * optionally ``jacobian(z, args, activity) -> ∂₁F`` as a dense matrix in flat coordinates,
+      when the bridge knows it in closed form (QPs): the backward then assembles it directly
+      instead of from one JVP of ``residual`` per unknown.
     """
 
     adapter: Any
@@ -226,6 +229,7 @@ class BridgePlan:
     fallback: Callable
     finish: Callable
     policy: Policy
+    jacobian: Optional[Callable] = None
     stages: dict = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -272,7 +276,10 @@ def _kkt_condition(plan: BridgePlan, z: PyTree, args: Any, activity: Any) -> jax
     from jax.flatten_util import ravel_pytree
 
     z_flat, unravel = ravel_pytree(z)
-    J = jax.jacfwd(lambda v: ravel_pytree(plan.residual(unravel(v), args, activity))[0])(z_flat)
+    if plan.jacobian is not None:
+        J = plan.jacobian(z, args, activity)
+    else:
+        J = jax.jacfwd(lambda v: ravel_pytree(plan.residual(unravel(v), args, activity))[0])(z_flat)
     return jnp.linalg.cond(J) if J.size else jnp.ones((), J.dtype)
 
 
@@ -306,6 +313,7 @@ def _diff_stage(plan: BridgePlan) -> Callable:
             plan.policy.solve,
             valid=ok,
             fallback=plan.fallback(args, extra),
+            jacobian=None if plan.jacobian is None else (lambda zz, a, act: plan.jacobian(zz, a, act)),
         )
         return plan.finish(z, values, args, status, iters, diag)
 

@@ -73,6 +73,32 @@ _QP_KKT = kkt_residual(_qp_objective, _qp_eq, _qp_ineq)
 _QP_CHECK = kkt_activity(_qp_objective, _qp_eq, _qp_ineq)
 
 
+def _qp_kkt_matrix(z: KKTPoint, data, active: jax.Array) -> jax.Array:
+    r"""``∂_z F`` of :data:`_QP_KKT` in closed form (flat order ``x, ν, λ``), for the backward.
+
+    .. math::
+
+       \begin{pmatrix} P_s & A^\top & (D_f G)^\top \\ A & 0 & 0 \\ -D_a D_f G & 0 & I - D_a \end{pmatrix}
+
+    with ``P_s = (P + Pᵀ)/2``, ``D_a`` the active rows (``kkt_activity``) and ``D_f`` the rows with
+    a finite ``h`` (``h_i = +inf`` is an absent constraint, constant in the residual). Assembling it
+    replaces ``n + m`` JVPs of the residual (and their transposes in reverse mode).
+    """
+    P, _, A, _, G, h = data
+    n, p, m = P.shape[0], A.shape[0], G.shape[0]
+    dtype = P.dtype
+    d = (active > 0.5).astype(dtype)
+    Gf = jnp.where(jnp.isfinite(h)[:, None], G, 0)
+    zeros = lambda r, c: jnp.zeros((r, c), dtype)  # noqa: E731
+    return jnp.block(
+        [
+            [0.5 * (P + P.T), A.T, Gf.T],
+            [A, zeros(p, p), zeros(p, m)],
+            [-d[:, None] * Gf, zeros(m, p), jnp.diag(1 - d)],
+        ]
+    )
+
+
 def _validate(P, q, A, b, G, h, dtype=None):
     warn_if_truncated("P", P)
     P = as_array("P", P, ndim=2)
@@ -133,6 +159,7 @@ def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: boo
         to_point=to_point,
         check=lambda z, args: _QP_CHECK(z, args),
         residual=lambda z, args, active: _QP_KKT(z, args, active=active),
+        jacobian=_qp_kkt_matrix,
         fallback=fallback,
         finish=finish,
         policy=policy,

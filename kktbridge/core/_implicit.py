@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from kktbridge.core._linear_solve import LinearSolver, resolve_solver
+from kktbridge.core._linear_solve import DENSE_MAX_SIZE, LinearSolver, dense_robust_solver, resolve_solver, solve_auto
 
 PyTree = Any
 
@@ -92,17 +92,30 @@ def _linear_solve(matvec: Callable, b: PyTree, solve: LinearSolver) -> PyTree:
 
 
 def _root_tangent(
-    F: Callable, sol: PyTree, args: tuple, args_dot: tuple, solve: LinearSolver, valid: Optional[jax.Array] = None
+    F: Callable,
+    sol: PyTree,
+    args: tuple,
+    args_dot: tuple,
+    solve: LinearSolver,
+    valid: Optional[jax.Array] = None,
+    jacobian: Optional[Callable] = None,
 ) -> PyTree:
     """Tangent of the root: solve ``(∂₁F) ż = -(∂₂F) θ̇``.
 
     With ``valid`` (a boolean scalar, batched under ``vmap``) an invalid instance gets the identity
     as its system matrix, so no NaN from its (failed) point can enter a shared factorisation or a
     shared parameter's cotangent, and its own tangent is poisoned by :func:`_poison`.
+
+    With ``jacobian`` (``(sol, *args) -> ∂₁F`` as a dense matrix in flat coordinates), the matrix is
+    taken from it instead of being materialised column by column from JVPs of ``F``.
     """
     if valid is not None:
         F = _depend_on_all_args(F, valid)
     _, rhs = jax.jvp(lambda *a: F(sol, *a), tuple(args), tuple(args_dot))
+    if jacobian is not None:
+        tangent = _matrix_solve(jacobian(sol, *args), _tree_neg(rhs), solve, valid)
+        if tangent is not None:
+            return tangent if valid is None else _poison(tangent, valid)
     _, matvec = jax.linearize(lambda s: F(s, *args), sol)
     if valid is not None:
         inner = matvec
@@ -112,6 +125,35 @@ def _root_tangent(
 
     tangent = _linear_solve(matvec, _tree_neg(rhs), solve)
     return tangent if valid is None else _poison(tangent, valid)
+
+
+def _matrix_solve(J: jax.Array, b: PyTree, solve: LinearSolver, valid: Optional[jax.Array]) -> Optional[PyTree]:
+    """``J^{-1} b`` with an explicitly assembled ``J`` (flat coordinates of ``b``), or ``None``.
+
+    The default solver factors ``J`` directly (robust LU with the minimum-norm fallback of
+    :func:`solve_auto`); its transpose solve factors ``Jᵀ``, so reverse mode never builds ``Jᵀ``
+    from transposed JVPs. A user-chosen solver gets the matvec ``v ↦ J v``. Above the dense size
+    limit the explicit matrix is not used (``None``: the caller goes matrix-free).
+    """
+    b_flat, unravel = ravel_pytree(b)
+    size = b_flat.shape[0]
+    if J.shape != (size, size):
+        raise ValueError(f"jacobian: expected a ({size}, {size}) matrix in the flat coordinates of the solution, got {J.shape}")
+    if size > DENSE_MAX_SIZE and solve is solve_auto:
+        return None
+    J = J.astype(b_flat.dtype)
+    if valid is not None:
+        J = jnp.where(valid, J, jnp.eye(size, dtype=J.dtype))
+    if solve is solve_auto:
+        dense = dense_robust_solver()
+        x = jax.lax.custom_linear_solve(
+            lambda v: J @ v, b_flat, solve=lambda _, r: dense(J, r), transpose_solve=lambda _, r: dense(J.T, r)
+        )
+    else:
+        x = jax.lax.custom_linear_solve(
+            lambda v: J @ v, b_flat, solve=lambda mv, r: solve(mv, r), transpose_solve=lambda vm, r: solve(vm, r)
+        )
+    return unravel(x)
 
 
 def _depend_on_all_args(F: Callable, valid: jax.Array) -> Callable:
@@ -165,6 +207,7 @@ def implicit_solution(
     *,
     valid: Optional[Any] = None,
     fallback: Optional[PyTree] = None,
+    jacobian: Optional[Callable[..., jax.Array]] = None,
 ) -> PyTree:
     """Return ``sol`` unchanged, but differentiable w.r.t. ``args`` through ``optimality_fun``.
 
@@ -183,6 +226,11 @@ def implicit_solution(
         cotangent reaches it (reverse mode), and its point never enters a linear system.
       fallback: point at which ``F`` is linearised for invalid instances (default: zeros); it only
         has to keep ``F`` finite, e.g. the solver's initial point.
+      jacobian: optional ``J(sol, *args) -> ∂₁F`` as a dense ``(N, N)`` matrix in the flat
+        (``ravel_pytree``) coordinates of ``sol`` and of ``F``'s output, for problems whose
+        Jacobian is known in closed form (a QP's KKT matrix): it replaces ``N`` JVPs of ``F``
+        and, in reverse mode, ``N`` transposed JVPs. It must equal ``jax.jacobian(F)``; it is
+        differentiated like ``F`` for higher-order derivatives.
     """
     solve = resolve_solver(solve)
     if not isinstance(args, tuple):
@@ -197,18 +245,32 @@ def implicit_solution(
     dyn_idx = [i for i, d in enumerate(dynamic) if d is not None]
     dyn_leaves = [dynamic[i] for i in dyn_idx]
 
-    def F_dyn(s, leaves):
-        full = list(dynamic)
-        for i, leaf in zip(dyn_idx, leaves):
-            full[i] = leaf
-        return optimality_fun(s, *_combine(full, static, treedef))
+    def with_args(fun):
+        def fun_dyn(s, leaves):
+            full = list(dynamic)
+            for i, leaf in zip(dyn_idx, leaves):
+                full[i] = leaf
+            return fun(s, *_combine(full, static, treedef))
 
+        return fun_dyn
+
+    F_dyn = with_args(optimality_fun)
+    J_dyn = None if jacobian is None else with_args(jacobian)
     if not getattr(_TRACING, "inside", False):
-        return _compiled_implicit(F_dyn, sol, dyn_leaves, solve, valid, fallback)
-    F_conv, consts = jax.closure_convert(F_dyn, sol, dyn_leaves)
+        return _compiled_implicit(F_dyn, sol, dyn_leaves, solve, valid, fallback, J_dyn)
+    # Closed-over arrays of F (and of its Jacobian) become explicit arguments: derivatives with
+    # respect to them are implicit too.
+    F_conv, f_consts = jax.closure_convert(F_dyn, sol, dyn_leaves)
+    if J_dyn is None:
+        J_conv, j_consts = None, []
+    else:
+        J_conv, j_consts = jax.closure_convert(J_dyn, sol, dyn_leaves)
+    consts = (list(f_consts), list(j_consts))
 
     def F_flat(s, leaves, consts):
-        return F_conv(s, leaves, *consts)
+        return F_conv(s, leaves, *consts[0])
+
+    J_flat = None if J_conv is None else (lambda s, leaves, consts: J_conv(s, leaves, *consts[1]))
 
     if valid is None:
 
@@ -223,7 +285,7 @@ def implicit_solution(
             # Re-enter the identity so that, when this rule is itself differentiated (second order),
             # the solution it linearises at carries implicit derivatives as well.
             s = ident(s, leaves, consts)
-            return s, _root_tangent(F_flat, s, (leaves, consts), (leaves_dot, consts_dot), solve)
+            return s, _root_tangent(F_flat, s, (leaves, consts), (leaves_dot, consts_dot), solve, jacobian=J_flat)
 
         return ident(sol, dyn_leaves, consts)
 
@@ -244,7 +306,7 @@ def implicit_solution(
         _, _, leaves_dot, consts_dot, _ = tangents
         s = ident_masked(s, s_eval, leaves, consts, ok)
         s_lin = ident_masked(s_eval, s_eval, leaves, consts, ok)
-        return s, _root_tangent(F_flat, s_lin, (leaves, consts), (leaves_dot, consts_dot), solve, ok)
+        return s, _root_tangent(F_flat, s_lin, (leaves, consts), (leaves_dot, consts_dot), solve, ok, J_flat)
 
     return ident_masked(sol, sol_eval, dyn_leaves, consts, valid)
 
@@ -255,7 +317,9 @@ _EAGER_CACHE_SIZE = 128
 _EAGER_LOCK = threading.Lock()
 
 
-def _compiled_implicit(F_dyn: Callable, sol: PyTree, leaves: list, solve: LinearSolver, valid: Any, fallback: Any) -> PyTree:
+def _compiled_implicit(
+    F_dyn: Callable, sol: PyTree, leaves: list, solve: LinearSolver, valid: Any, fallback: Any, J_dyn: Optional[Callable] = None
+) -> PyTree:
     """Route the implicit identity through one ``jax.jit`` per *structure* of ``F``.
 
     Built per call, the identity's ``custom_jvp`` and ``custom_linear_solve`` are new objects, so
@@ -268,7 +332,8 @@ def _compiled_implicit(F_dyn: Callable, sol: PyTree, leaves: list, solve: Linear
     """
     closed, out_shape = jax.make_jaxpr(F_dyn, return_shape=True)(sol, leaves)
     out_tree = jax.tree_util.tree_structure(out_shape)
-    consts = list(closed.consts)
+    closed_J = None if J_dyn is None else jax.make_jaxpr(J_dyn)(sol, leaves)
+    consts = (list(closed.consts), [] if closed_J is None else list(closed_J.consts))
     in_tree = jax.tree_util.tree_structure((sol, leaves))
 
     def aval(x):
@@ -276,6 +341,7 @@ def _compiled_implicit(F_dyn: Callable, sol: PyTree, leaves: list, solve: Linear
 
     key = (
         str(closed.jaxpr),
+        None if closed_J is None else str(closed_J.jaxpr),
         in_tree,
         out_tree,
         tuple(aval(x) for x in jax.tree_util.tree_leaves((sol, leaves, consts))),
@@ -289,15 +355,21 @@ def _compiled_implicit(F_dyn: Callable, sol: PyTree, leaves: list, solve: Linear
             _EAGER_CACHE.move_to_end(key)
     if fn is None:
         jaxpr = closed.jaxpr
+        jaxpr_J = None if closed_J is None else closed_J.jaxpr
 
         def F_args(s, lv, cs):
             flat = jax.tree_util.tree_leaves((s, lv))
-            return jax.tree_util.tree_unflatten(out_tree, jax.core.eval_jaxpr(jaxpr, cs, *flat))
+            return jax.tree_util.tree_unflatten(out_tree, jax.core.eval_jaxpr(jaxpr, cs[0], *flat))
+
+        def J_args(s, lv, cs):
+            return jax.core.eval_jaxpr(jaxpr_J, cs[1], *jax.tree_util.tree_leaves((s, lv)))[0]
 
         def run(s, lv, cs, ok, fb):
             _TRACING.inside = True
             try:
-                return implicit_solution(F_args, s, (lv, cs), solve, valid=ok, fallback=fb)
+                return implicit_solution(
+                    F_args, s, (lv, cs), solve, valid=ok, fallback=fb, jacobian=None if jaxpr_J is None else J_args
+                )
             finally:
                 _TRACING.inside = False
 

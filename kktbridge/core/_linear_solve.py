@@ -188,6 +188,15 @@ def _dense_solver(kernel: Callable, rcond: float) -> Callable[[jax.Array, jax.Ar
     return solve
 
 
+def dense_robust_solver(rcond: float = 1e-10) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``(A, b) -> x`` of :func:`solve_auto`'s dense branch for an already assembled matrix ``A``.
+
+    Robust LU (minimum-norm SVD solution when singular) with the batching rule of
+    :func:`_dense_solver`: one factorisation per matrix, shared by all right-hand sides.
+    """
+    return _dense_solver(_robust_kernel, rcond)
+
+
 def _dense(kernel: Callable, matvec: MatVec, b: PyTree, ridge: Optional[float], rcond: float) -> PyTree:
     A, b_flat, unravel = materialize(_with_ridge(matvec, ridge), b)
     return unravel(_dense_solver(kernel, rcond)(A, b_flat))

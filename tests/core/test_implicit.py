@@ -493,3 +493,53 @@ def test_multiclass_svm_dual_matches_finite_differences(rng):
     lam = np.log(theta)
     fd_outer = (outer_loss(lam + h) - outer_loss(lam - h)) / (2 * h)
     _rel_close(jax.jit(jax.grad(outer_loss))(lam), fd_outer, 1e-6)
+
+
+def _ridge_kkt(w, X, y, lam):
+    return X.T @ (X @ w - y) + lam * w
+
+
+def _ridge_matrix(w, X, y, lam):
+    return X.T @ X + lam * jnp.eye(X.shape[1], dtype=X.dtype)
+
+
+@pytest.mark.parametrize("valid", [None, True])
+def test_explicit_jacobian_gives_the_same_derivatives_to_second_order(valid):
+    """``implicit_solution(jacobian=...)``: same first and second derivatives as JVP-built systems."""
+    rng = np.random.default_rng(3)
+    X, y = jnp.asarray(rng.normal(size=(8, 3))), jnp.asarray(rng.normal(size=8))
+
+    def solution(lam, jac):
+        w = jnp.linalg.solve(X.T @ X + lam * jnp.eye(3), X.T @ y)  # the "black box"
+        extra = {} if valid is None else dict(valid=jnp.asarray(valid), fallback=jnp.zeros(3))
+        return implicit_solution(_ridge_kkt, w, (X, y, lam), jacobian=_ridge_matrix if jac else None, **extra)
+
+    lam = jnp.asarray(0.7)
+    closed = lambda lam: jnp.linalg.solve(X.T @ X + lam * jnp.eye(3), X.T @ y)  # noqa: E731
+    for jac in (False, True):
+        f = lambda lam: solution(lam, jac)  # noqa: E731
+        np.testing.assert_allclose(jax.jacfwd(f)(lam), jax.jacfwd(closed)(lam), rtol=1e-10)
+        np.testing.assert_allclose(jax.jacrev(f)(lam), jax.jacfwd(closed)(lam), rtol=1e-10)
+        np.testing.assert_allclose(jax.hessian(f)(lam), jax.hessian(closed)(lam), rtol=1e-9)
+        gX = jax.grad(lambda X_: jnp.sum(implicit_solution(_ridge_kkt, closed(lam), (X_, y, lam), jacobian=_ridge_matrix if jac else None) ** 2))(X)
+        gX_ref = jax.grad(lambda X_: jnp.sum(jnp.linalg.solve(X_.T @ X_ + lam * jnp.eye(3), X_.T @ y) ** 2))(X)
+        np.testing.assert_allclose(gX, gX_ref, rtol=1e-9)
+
+
+def test_explicit_jacobian_of_a_failed_instance_is_poisoned():
+    rng = np.random.default_rng(4)
+    X, y = jnp.asarray(rng.normal(size=(8, 3))), jnp.asarray(rng.normal(size=8))
+
+    def f(lam, ok):
+        w = jnp.linalg.solve(X.T @ X + lam * jnp.eye(3), X.T @ y)
+        return implicit_solution(_ridge_kkt, w, (X, y, lam), valid=ok, fallback=jnp.zeros(3), jacobian=_ridge_matrix)
+
+    assert np.all(np.isnan(jax.jacfwd(f)(jnp.asarray(0.5), jnp.asarray(False))))
+    assert np.all(np.isfinite(jax.jacfwd(f)(jnp.asarray(0.5), jnp.asarray(True))))
+
+
+def test_explicit_jacobian_shape_is_checked():
+    w = jnp.zeros(3)
+    bad = lambda w, lam: jnp.eye(2)  # noqa: E731
+    with pytest.raises(ValueError, match="jacobian"):
+        jax.jacfwd(lambda lam: implicit_solution(lambda w, lam: w - lam, w, (lam,), jacobian=bad))(jnp.ones(3))
