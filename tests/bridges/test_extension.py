@@ -83,4 +83,4 @@ def test_available_solvers_omits_uninstalled_libraries(monkeypatch):
     assert "scs" in available_solvers("conic")
     monkeypatch.setattr(SCSAdapter, "REQUIRED_MODULES", ("a_module_that_is_not_installed",))
     assert "scs" not in available_solvers()
-    assert set(available_solvers()) == {"clarabel", "ipopt", "osqp"}
+    assert set(available_solvers()) == {"auto", "clarabel", "daqp", "ipopt", "osqp", "piqp", "proxsuite"}
