@@ -127,7 +127,7 @@ def _validate(P, q, A, b, G, h, dtype=None):
     else:
         G = as_array("G", G, shape=(None, n))
         h = as_array("h", h, shape=(G.shape[0],), allow_inf=True)
-    cast = lambda t: t.astype(dtype)  # noqa: E731
+    cast = lambda t: t if t.dtype == dtype else t.astype(dtype)  # noqa: E731  (no dispatch when already right)
     return tuple(map(cast, (P, q, A, b, G, h)))
 
 

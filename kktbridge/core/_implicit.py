@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from kktbridge.core import _jax_compat  # noqa: F401  (speeds up eager jax.jacrev; see the module)
 from kktbridge.core._linear_solve import DENSE_MAX_SIZE, LinearSolver, dense_robust_solver, resolve_solver, solve_auto
 
 PyTree = Any

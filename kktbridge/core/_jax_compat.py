@@ -1,0 +1,39 @@
+"""Work-arounds for performance bugs of the JAX versions kktbridge supports (no behaviour change).
+
+``jax.jacrev`` (JAX 0.10) calls ``jax.vmap`` on the pullback returned by ``jax.vjp``. ``vmap``
+records the function's source for debug messages (``api_util.fun_sourceinfo``); the pullback is a
+``VJP`` dataclass, so that falls back to ``str(pullback)``, whose dataclass ``repr`` pretty-prints
+the whole linearised jaxpr -- only for ``fun_sourceinfo`` to discard the string (it keeps
+nothing but ``"<built-in function NAME>"`` patterns, else ``"<unknown>"``). For a function that
+calls a solver that printing was ~70 % of an eager ``jacrev`` call. A constant ``repr`` gives
+``fun_sourceinfo`` the very same result ("<unknown>") without the printing.
+
+Set ``KKTBRIDGE_NO_JAX_PATCHES=1`` to leave JAX untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+
+def _patch_vjp_repr() -> bool:
+    try:
+        from jax._src import api
+    except ImportError:  # private layout changed: nothing to patch
+        return False
+    vjp_cls = getattr(api, "VJP", None)
+    if vjp_cls is None or not dataclasses.is_dataclass(vjp_cls):
+        return False
+    if getattr(vjp_cls.__repr__, "__kktbridge__", False):
+        return True
+
+    def __repr__(self) -> str:  # noqa: N807
+        return f"<jax VJP {id(self):#x}>"
+
+    __repr__.__kktbridge__ = True  # type: ignore[attr-defined]
+    vjp_cls.__repr__ = __repr__
+    return True
+
+
+PATCHED = False if os.environ.get("KKTBRIDGE_NO_JAX_PATCHES") else _patch_vjp_repr()
