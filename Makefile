@@ -27,7 +27,7 @@ $(SYSSTAMP):
 # Reinstall only when the package metadata changes (editable install: code changes need nothing).
 $(STAMP): pyproject.toml $(SYSSTAMP)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test,docs,solvers]'
+	$(PY) -m pip install -q -e '.[test,docs,solvers,sparse]'
 	@# torch is optional: install it only from a local CPU wheel (never the multi-GB CUDA build);
 	@# its small pure-Python dependencies come from the package index. Without it, torch tests skip.
 	@if ls /opt/wheels/torch-2.13.0*cpu*.whl >/dev/null 2>&1; then \

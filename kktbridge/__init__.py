@@ -6,6 +6,7 @@ the problem's optimality conditions; the solver itself is never differentiated.
 
 from kktbridge import linear_solve, optimality, projection, prox
 from kktbridge.adapters import available_solvers
+from kktbridge.adapters._executor import Executor, ProcessExecutor, RayExecutor, ThreadExecutor, get_executor, use_executor
 from kktbridge.bridges._common import Diagnostics, clear_caches
 from kktbridge.bridges._conic import ConicSolution, solve_conic
 from kktbridge.bridges._cvxpy import CvxpyLayer
@@ -21,15 +22,20 @@ __all__ = [
     "ConicSolution",
     "CvxpyLayer",
     "Diagnostics",
+    "Executor",
     "KKTPoint",
     "NLPSolution",
+    "ProcessExecutor",
     "QPSolution",
+    "RayExecutor",
     "SolverError",
     "Status",
+    "ThreadExecutor",
     "available_solvers",
     "clear_caches",
     "custom_fixed_point",
     "custom_root",
+    "get_executor",
     "implicit_solution",
     "kkt_residual",
     "linear_solve",
@@ -41,4 +47,5 @@ __all__ = [
     "solve_conic",
     "solve_nlp",
     "solve_qp",
+    "use_executor",
 ]

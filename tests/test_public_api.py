@@ -8,15 +8,20 @@ EXPECTED = {
     "ConicSolution",
     "CvxpyLayer",
     "Diagnostics",
+    "Executor",
     "KKTPoint",
     "NLPSolution",
+    "ProcessExecutor",
     "QPSolution",
+    "RayExecutor",
     "SolverError",
     "Status",
+    "ThreadExecutor",
     "available_solvers",
     "clear_caches",
     "custom_fixed_point",
     "custom_root",
+    "get_executor",
     "implicit_solution",
     "kkt_residual",
     "linear_solve",
@@ -28,6 +33,7 @@ EXPECTED = {
     "solve_conic",
     "solve_nlp",
     "solve_qp",
+    "use_executor",
 }
 
 

@@ -4,8 +4,10 @@ An adapter is host code: it receives NumPy arrays, calls an external solver, map
 status onto :class:`~kktbridge.core._status.Status` and returns NumPy arrays. It never sees JAX
 tracers and does no autodiff. :func:`call_adapter` is the single bridge between JAX and an adapter:
 one :func:`jax.pure_callback` with ``vmap_method="expand_dims"``, so that under ``vmap`` (nested or
-not) the whole batch reaches the host in one call, where :meth:`Adapter.solve_batch` may solve the
-instances on a thread pool and reuse setups across them.
+not) the whole batch reaches the host in one call, where :meth:`Adapter.solve_batch` hands it to
+the current executor (:mod:`kktbridge.adapters._executor`: a thread pool by default, or worker
+processes, or Ray actors), which solves it in parts (:meth:`Adapter.batch_parts`,
+:meth:`Adapter.solve_part`) and may reuse setups across the instances of a part.
 """
 
 from __future__ import annotations
@@ -131,7 +133,10 @@ class Adapter(abc.ABC):
     def solve_batch(
         self, batch: Sequence[dict[str, np.ndarray]], shared: frozenset, options: Mapping[str, Any]
     ) -> list[HostSolution]:
-        """Solve many instances; the default runs :meth:`solve_one` on the shared thread pool.
+        """Solve many instances on the current executor (:func:`kktbridge.use_executor`).
+
+        A single instance is solved in the calling thread. Subclasses may override this to take
+        over the whole batch (they then bypass the executor).
 
         Args:
           batch: one data dict per instance.
@@ -140,14 +145,40 @@ class Adapter(abc.ABC):
         """
         if len(batch) == 1:
             return [self.guarded_solve_one(batch[0], options)]
-        return list(thread_pool().map(lambda d: self.guarded_solve_one(d, options), batch))
+        from kktbridge.adapters._executor import get_executor
+
+        return get_executor().solve_batch(self, batch, shared, options)
+
+    def batch_parts(
+        self, n: int, shared: frozenset, workers: int, per_instance: bool, parts_per_worker: int = 4
+    ) -> list[range]:
+        """How an executor splits a batch of ``n`` into parts, each solved by :meth:`solve_part`.
+
+        Args:
+          n: batch size.
+          shared: names of the arrays every instance shares.
+          workers: instances the executor solves at the same time.
+          per_instance: one part per instance (cheap tasks, e.g. threads) rather than
+            ``parts_per_worker`` contiguous parts per worker (tasks that cost a message).
+          parts_per_worker: parts per worker when not ``per_instance`` (load balancing).
+        """
+        if per_instance:
+            return [range(i, i + 1) for i in range(n)]
+        return chunks(n, workers * parts_per_worker)
+
+    def solve_part(
+        self, part: Sequence[dict[str, np.ndarray]], shared: frozenset, options: Mapping[str, Any]
+    ) -> list[HostSolution]:
+        """Solve consecutive instances in the calling thread (never raises for one instance)."""
+        return [self.guarded_solve_one(d, options) for d in part]
 
 
 class ChunkedAdapter(Adapter):
     """An adapter that reuses one solver setup across consecutive instances of a batch.
 
-    A batch is cut into one contiguous chunk per worker thread; :meth:`solve_chunk` solves a chunk
-    with a single setup/factorisation, updating only what differs between instances.
+    A batch is cut into one contiguous chunk per worker (thread, process or Ray actor);
+    :meth:`solve_chunk` solves a chunk with a single setup/factorisation, updating only what
+    differs between instances.
     """
 
     @abc.abstractmethod
@@ -163,12 +194,16 @@ class ChunkedAdapter(Adapter):
     def solve_one(self, data: dict[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
         return self.solve_chunk([data], frozenset(), options)[0]
 
-    def solve_batch(self, batch, shared, options):
-        if len(batch) == 1 or not self.reuses_setup(shared):
-            return super().solve_batch(batch, shared, options)
-        parts = chunks(len(batch), num_workers())
-        results = thread_pool().map(lambda r: self._guarded_chunk([batch[i] for i in r], shared, options), parts)
-        return [sol for part in results for sol in part]
+    def batch_parts(self, n, shared, workers, per_instance, parts_per_worker=4):
+        # One contiguous chunk per worker: a setup (factorisation) per chunk, reused along it.
+        if not self.reuses_setup(shared):
+            return super().batch_parts(n, shared, workers, per_instance, parts_per_worker)
+        return chunks(n, workers)
+
+    def solve_part(self, part, shared, options):
+        if len(part) == 1 or not self.reuses_setup(shared):
+            return super().solve_part(part, shared, options)
+        return self._guarded_chunk(part, shared, options)
 
     def _guarded_chunk(self, batch, shared, options) -> list[HostSolution]:
         try:
@@ -323,6 +358,33 @@ def call_adapter(
         jax.ShapeDtypeStruct((), jnp.int32),
         jax.ShapeDtypeStruct((), jnp.int32),
     ]
-    res = jax.pure_callback(host, tuple(specs), jnp.asarray(token, jnp.int32), *arrays, vmap_method="expand_dims")
+    token = jnp.asarray(token, jnp.int32)
+    axes = varying_axes(token, *arrays)
+    if axes:
+        raise ValueError(
+            f"kktbridge under jax.shard_map needs check_vma=False (the data varies over mesh axes {sorted(axes)}): "
+            "with check_vma=True JAX types a host callback's results as identical on every device, and "
+            "derivatives taken at them would be summed over the devices. Use "
+            "jax.shard_map(f, mesh=..., in_specs=..., out_specs=..., check_vma=False)"
+        )
+    res = jax.pure_callback(host, tuple(specs), token, *arrays, vmap_method="expand_dims")
     values = dict(zip(out_names, res[: len(out_names)]))
     return values, res[-2], res[-1]
+
+
+def varying_axes(*arrays: Any) -> frozenset:
+    """Manual mesh axes (``jax.shard_map`` with ``check_vma=True``) over which ``arrays`` vary.
+
+    Inside such a ``shard_map`` JAX types a ``pure_callback``'s results as *invariant* across
+    devices (the same on every device) whatever its inputs. They are not: each device solves its
+    own instances. A gradient taken *at* such a point -- the stationarity term of every KKT
+    residual -- is then summed over the devices (``psum_invariant``), so residuals and
+    derivatives would come out wrong; :func:`call_adapter` refuses instead. With
+    ``check_vma=False`` there is no such typing (empty result) and per-device solves are exact.
+    """
+    axes: frozenset = frozenset()
+    typeof = getattr(jax, "typeof", None)  # older JAX: no varying-axes typing, nothing to check
+    for a in arrays if typeof is not None else ():
+        mat = getattr(typeof(a), "mat", None)
+        axes = axes | frozenset(getattr(mat, "varying", None) or ())
+    return axes
