@@ -27,7 +27,7 @@ $(SYSSTAMP):
 # Reinstall only when the package metadata changes (editable install: code changes need nothing).
 $(STAMP): pyproject.toml $(SYSSTAMP)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test,docs,solvers,sparse]'
+	$(PY) -m pip install -q -e '.[test,docs,solvers,sparse,ray]'
 	@# torch is optional: install it only from a local CPU wheel (never the multi-GB CUDA build);
 	@# its small pure-Python dependencies come from the package index. Without it, torch tests skip.
 	@if ls /opt/wheels/torch-2.13.0*cpu*.whl >/dev/null 2>&1; then \
@@ -39,9 +39,9 @@ $(STAMP): pyproject.toml $(SYSSTAMP)
 install: $(STAMP)
 
 # make installs every optional peer of the test/docs extras, so here a missing one is a broken install:
-# KKTBRIDGE_REQUIRE_PEERS=1 turns its skips into failures (tests/_peers.py).
+# KKTBRIDGE_REQUIRE_PEERS=1 turns its skips into failures (tests/_peers.py); ",ray" adds the ray extra.
 test: $(STAMP)
-	KKTBRIDGE_REQUIRE_PEERS=1 $(PY) -m pytest -q
+	KKTBRIDGE_REQUIRE_PEERS=1,ray $(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(PY) -m kktbridge demo
