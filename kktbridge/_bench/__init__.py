@@ -30,6 +30,7 @@ SUITES: dict[str, str] = {
     "scaling": "scaling",
     "gpu": "gpu",
     "core": "core",
+    "scale-out": "scale_out",
 }
 
 
