@@ -72,7 +72,7 @@ def mesh_mode() -> float:
     Pm, G, h = M @ M.T + np.eye(n), rng.normal(size=(3, n)), rng.uniform(0.1, 1.0, 3)
 
     def qp_one(qi):
-        s = kb.solve_qp(Pm, qi, G=G, h=h, on_failure="nan")
+        s = kb.solve_qp(Pm, qi, G=G, h=h, solver="osqp", on_failure="nan")
         return jnp.arange(1.0, n + 1) @ s.x + jnp.sum(s.ineq_dual)
 
     def nlp_one(pi):
@@ -153,7 +153,7 @@ def distributed_mode(rank: int, port: int) -> float:
         return jnp.dot(w, kb.solve_nlp(_projection, jnp.zeros(n), p, eq=_sum_to_one, on_failure="nan").x)
 
     def qp_one(p):  # the same projection as a QP (OSQP)
-        s = kb.solve_qp(jnp.eye(n), -p, A=jnp.ones((1, n)), b=jnp.ones(1), on_failure="nan")
+        s = kb.solve_qp(jnp.eye(n), -p, A=jnp.ones((1, n)), b=jnp.ones(1), solver="osqp", on_failure="nan")
         return jnp.dot(w, s.x)
 
     x_star = params - (params.sum(axis=1, keepdims=True) - 1.0) / n

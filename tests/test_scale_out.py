@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import kktbridge as kb
+from kktbridge.adapters import _executor
 from kktbridge.adapters.osqp import OSQPAdapter
 from tests._peers import peer
 
@@ -50,9 +51,14 @@ def closed_form(params):
 
 
 def qp_batch(q, h):
-    """``min ½‖x‖² + qᵀx s.t. Σx = 1, x ≤ h`` per row; ``h`` all negative is infeasible."""
+    """``min ½‖x‖² + qᵀx s.t. Σx = 1, x ≤ h`` per row; ``h`` all negative is infeasible.
+
+    OSQP explicitly: the default ``solver="auto"`` picks DAQP for small problems, which holds the
+    GIL and solves a batch in the calling thread, bypassing the executor.
+    """
     def one(qi, hi):
-        return kb.solve_qp(jnp.eye(N), qi, A=jnp.ones((1, N)), b=jnp.ones(1), G=jnp.eye(N), h=hi, on_failure="nan")
+        return kb.solve_qp(jnp.eye(N), qi, A=jnp.ones((1, N)), b=jnp.ones(1), G=jnp.eye(N), h=hi, solver="osqp",
+                           on_failure="nan")
 
     return jax.vmap(one)(q, h)
 
@@ -73,7 +79,15 @@ def params(seed=0, batch=6):
     return np.random.default_rng(seed).normal(size=(batch, N))
 
 
+def went_through_workers(executor, solver: str) -> bool:
+    """Whether a remote executor shipped a problem of ``solver`` to its workers (threads: trivially)."""
+    if executor == "threads":
+        return True
+    return any(e.adapter.name == solver for e in _executor._PAYLOADS.values())
+
+
 def check_nlp_batch(executor):
+    _executor._PAYLOADS.clear()
     p = params()
     value, grad = closed_form(p)
     f = jax.jit(jax.vmap(nlp_loss))
@@ -84,9 +98,11 @@ def check_nlp_batch(executor):
         v2 = np.asarray(f(jnp.asarray(p) + 0.5))  # second call: setups warm in the workers
     assert rel(v1, value) <= RTOL and rel(g1, grad) <= RTOL
     assert rel(v2, closed_form(p + 0.5)[0]) <= RTOL
+    assert went_through_workers(executor, "ipopt")
 
 
 def check_failures_like_threads(executor):
+    _executor._PAYLOADS.clear()
     rng = np.random.default_rng(1)
     q = rng.normal(size=(6, N))
     h = np.full((6, N), 2.0)
@@ -105,9 +121,10 @@ def check_failures_like_threads(executor):
         assert np.isnan(gq[[1, 4]]).all() and np.isfinite(gq[[0, 2, 3, 5]]).all()
         # on_failure="raise" under jit raises SolverError from the host, as with threads.
         strict = jax.jit(jax.vmap(lambda qi, hi: kb.solve_qp(jnp.eye(N), qi, A=jnp.ones((1, N)), b=jnp.ones(1),
-                                                              G=jnp.eye(N), h=hi).x))
+                                                              G=jnp.eye(N), h=hi, solver="osqp").x))
         with pytest.raises(Exception, match="INFEASIBLE"):
             np.asarray(strict(q, h))
+    assert went_through_workers(executor, "osqp")
 
 
 def test_default_is_threads_and_selection_is_scoped():
