@@ -11,7 +11,7 @@ from kktbridge.bridges._common import Diagnostics, clear_caches
 from kktbridge.bridges._conic import ConicSolution, solve_conic
 from kktbridge.bridges._cvxpy import CvxpyLayer
 from kktbridge.bridges._nlp import NLPSolution, solve_nlp
-from kktbridge.bridges._qp import QPSolution, solve_qp
+from kktbridge.bridges._qp import QP_SOLVERS, QPSolution, solve_qp
 from kktbridge.core._implicit import custom_fixed_point, custom_root, implicit_solution, root_jvp, root_vjp
 from kktbridge.core._kkt import KKTPoint, kkt_residual
 from kktbridge.core._status import SolverError, Status
@@ -27,6 +27,7 @@ __all__ = [
     "NLPSolution",
     "ProcessExecutor",
     "QPSolution",
+    "QP_SOLVERS",
     "RayExecutor",
     "SolverError",
     "Status",

@@ -13,6 +13,7 @@ EXPECTED = {
     "NLPSolution",
     "ProcessExecutor",
     "QPSolution",
+    "QP_SOLVERS",
     "RayExecutor",
     "SolverError",
     "Status",

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kktbridge.adapters import get_adapter
+from kktbridge.adapters import Adapter, get_adapter
+from kktbridge.adapters import auto as _auto
 from kktbridge.bridges._common import (
     BridgePlan,
     Diagnostics,
@@ -44,6 +45,9 @@ class QPSolution(NamedTuple):
       iterations: solver iterations (int32).
       diagnostics: :class:`~kktbridge.Diagnostics` (residual, complementarity margin, weakly
         active count, optional condition number).
+      solver: which solver produced the instance (int32): an index into :data:`QP_SOLVERS`
+        (``solver="auto"`` picks per batch), ``-1`` for an adapter not listed there or for an
+        instance ``"auto"`` could not solve. :attr:`solver_name` gives the name.
     """
 
     x: jax.Array
@@ -52,6 +56,18 @@ class QPSolution(NamedTuple):
     status: jax.Array
     iterations: jax.Array
     diagnostics: Diagnostics
+    solver: jax.Array
+
+    @property
+    def solver_name(self) -> "str | list":
+        """Name of the solver that produced a concrete (eager) solution; nested lists for a batch."""
+        names = np.vectorize(lambda i: QP_SOLVERS[i] if 0 <= i < len(QP_SOLVERS) else "unknown", otypes=[object])
+        out = names(np.asarray(self.solver))
+        return out.item() if out.ndim == 0 else out.tolist()
+
+
+#: The QP solvers ``solver="auto"`` chooses from; :attr:`QPSolution.solver` indexes this tuple.
+QP_SOLVERS: tuple[str, ...] = _auto.SOLVERS
 
 
 def _qp_objective(x, data):
@@ -132,6 +148,16 @@ def _validate(P, q, A, b, G, h, dtype=None):
 
 
 def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: bool) -> BridgePlan:
+    out_spec = {
+        "x": jax.ShapeDtypeStruct((n,), dtype),
+        "eq_dual": jax.ShapeDtypeStruct((m_eq,), dtype),
+        "ineq_dual": jax.ShapeDtypeStruct((m_ineq,), dtype),
+    }
+    fixed = QP_SOLVERS.index(adapter.name) if adapter.name in QP_SOLVERS else -1
+    if isinstance(adapter, _auto.AutoQPAdapter):
+        # The choice travels as a float so that a failed instance's NaN fill maps to -1.
+        out_spec["solver"] = jax.ShapeDtypeStruct((), dtype)
+
     def host_data(args, extra):
         data = dict(zip("P q A b G h".split(), args))
         if warm:
@@ -145,15 +171,15 @@ def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: boo
         return KKTPoint(jnp.zeros((n,), dtype), jnp.zeros((m_eq,), dtype), jnp.zeros((m_ineq,), dtype))
 
     def finish(z, values, args, status, iters, diag):
-        return QPSolution(z.x, z.eq_dual, z.ineq_dual, status, iters, diag)
+        if "solver" in values:
+            chosen = jnp.where(jnp.isnan(values["solver"]), -1, values["solver"]).astype(jnp.int32)
+        else:
+            chosen = jnp.full(jnp.shape(status), fixed, jnp.int32)
+        return QPSolution(z.x, z.eq_dual, z.ineq_dual, status, iters, diag, chosen)
 
     return BridgePlan(
         adapter=adapter,
-        out_spec={
-            "x": jax.ShapeDtypeStruct((n,), dtype),
-            "eq_dual": jax.ShapeDtypeStruct((m_eq,), dtype),
-            "ineq_dual": jax.ShapeDtypeStruct((m_ineq,), dtype),
-        },
+        out_spec=out_spec,
         options=options,
         host_data=host_data,
         to_point=to_point,
@@ -174,7 +200,7 @@ def solve_qp(
     G: Optional[Any] = None,
     h: Optional[Any] = None,
     *,
-    solver: str = "osqp",
+    solver: "str | Adapter" = "auto",
     solve: Any = None,
     on_failure: str = "raise",
     warm_start: Optional[tuple[Any, Any]] = None,
@@ -196,7 +222,10 @@ def solve_qp(
       q: ``(n,)`` linear cost.
       A, b: equality constraints ``(m_eq, n)``, ``(m_eq,)``, or ``None``.
       G, h: inequality constraints ``(m_ineq, n)``, ``(m_ineq,)``, or ``None``; ``h`` may hold ``+inf``.
-      solver: adapter name (``"osqp"``).
+      solver: ``"auto"`` (default: DAQP for dense or small problems, OSQP for large sparse ones,
+        chosen per batch on the host; see ``docs/solvers.md``), an adapter name (``"osqp"``,
+        ``"daqp"``, ``"proxsuite"``, ``"piqp"``) or an :class:`~kktbridge.adapters.Adapter`
+        instance. ``QPSolution.solver`` says which solver ran.
       solve: linear solver for the KKT system; default dense LU with an SVD minimum-norm
         fallback when singular (redundant constraints), GMRES above 2048 unknowns.
       on_failure: ``"raise"`` (:class:`~kktbridge.SolverError`) or ``"nan"`` (NaN values and NaN
@@ -206,8 +235,8 @@ def solve_qp(
       residual_tol: largest relative KKT residual accepted (default ``100·sqrt(eps)`` of the dtype);
         above it the status is ``RESIDUAL_TOO_LARGE``.
       diagnose: also compute the condition number of the KKT matrix into ``diagnostics``.
-      **options: solver settings (OSQP: ``eps_abs``, ``eps_rel``, ``max_iter``, ``polishing``...);
-        unknown names raise ``ValueError`` before any solve.
+      **options: settings of the named solver (OSQP: ``eps_abs``, ``eps_rel``, ``max_iter``,
+        ``polishing``...; ``"auto"`` takes none); unknown names raise ``ValueError`` before any solve.
 
     Returns:
       :class:`QPSolution`.

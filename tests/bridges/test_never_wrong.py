@@ -145,7 +145,7 @@ def test_inaccurate_solution_is_a_failure_unless_accepted():
 def test_residual_too_large_is_reported_and_raised_everywhere():
     # A loose, unpolished OSQP solve leaves a KKT residual of ~1e-5, far above the default
     # residual_tol (1.5e-6 in float64): the solver says "solved", the check says otherwise.
-    kw = dict(G=-jnp.eye(3) + 0.3, h=jnp.ones(3), eps_abs=1e-4, eps_rel=1e-4, polishing=False)
+    kw = dict(G=-jnp.eye(3) + 0.3, h=jnp.ones(3), solver="osqp", eps_abs=1e-4, eps_rel=1e-4, polishing=False)
     sol = kb.solve_qp(P3, Q3, on_failure="nan", **kw)
     assert int(sol.status) == int(kb.Status.RESIDUAL_TOO_LARGE)
     assert np.all(np.isnan(sol.x)) and sol.diagnostics.residual > 0
@@ -212,7 +212,9 @@ def test_bad_ipopt_options_rejected_before_solving(options, match):
 
 def test_bad_qp_and_conic_options_rejected_by_name():
     with pytest.raises(ValueError, match="'eps'.*eps_abs"):
-        kb.solve_qp(P3, Q3, eps=1e-3)
+        kb.solve_qp(P3, Q3, solver="osqp", eps=1e-3)
+    with pytest.raises(ValueError, match="'eps_abs'.*solver='auto' takes no solver options"):
+        kb.solve_qp(P3, Q3, eps_abs=1e-3)
     with pytest.raises(ValueError, match="'max_iter'.*max_iters"):
         kb.solve_conic(A_SOC, B_SOC, C_SOC, {"q": [3]}, max_iter=10)
 
@@ -334,9 +336,10 @@ def test_weak_constraint_in_an_anisotropic_problem_takes_the_inactive_branch():
 def test_solvers_are_silent_unless_verbose(capfd):
     # Nothing active: OSQP's polish step would print "Polishing not needed..." through Python.
     P, G, h = jnp.eye(3), jnp.eye(3), jnp.full(3, 1e3)
-    kb.solve_qp(P, Q3, G=G, h=h)
-    jax.vmap(lambda q: kb.solve_qp(P, q, G=G, h=h).x)(jnp.stack([Q3, Q3 + 1.0]))
+    for solver in kb.available_solvers("qp"):
+        kb.solve_qp(P, Q3, G=G, h=h, solver=solver)
+        jax.vmap(lambda q: kb.solve_qp(P, q, G=G, h=h, solver=solver).x)(jnp.stack([Q3, Q3 + 1.0]))
     out = capfd.readouterr()
     assert out.out == "" and out.err == "", out
-    kb.solve_qp(P, Q3, G=G, h=h, verbose=True)
+    kb.solve_qp(P, Q3, G=G, h=h, solver="osqp", verbose=True)
     assert "OSQP" in capfd.readouterr().out

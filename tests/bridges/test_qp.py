@@ -178,14 +178,15 @@ def test_infinite_h_means_no_constraint():
     assert np.abs(np.asarray(J) - np.asarray(jax.jacrev(lambda v: flat_solution({**data, "q": v}))(q))).max() > 1e-3
 
 
-def test_infeasible_and_unbounded_raise():
+@pytest.mark.parametrize("solver", ["auto", "osqp"])
+def test_infeasible_and_unbounded_raise(solver):
     P, q = np.eye(1), np.zeros(1)
     G, h = np.array([[1.0], [-1.0]]), np.array([-1.0, -1.0])  # x <= -1 and x >= 1
-    with pytest.raises(kb.SolverError, match="osqp: INFEASIBLE"):
-        kb.solve_qp(P, q, G=G, h=h)
-    with pytest.raises(kb.SolverError, match="osqp: UNBOUNDED"):
-        kb.solve_qp(np.zeros((1, 1)), np.ones(1), G=np.array([[1.0]]), h=np.array([1.0]))
-    s = kb.solve_qp(P, q, G=G, h=h, on_failure="nan")
+    with pytest.raises(kb.SolverError, match=f"{solver}: INFEASIBLE"):
+        kb.solve_qp(P, q, G=G, h=h, solver=solver)
+    with pytest.raises(kb.SolverError, match=f"{solver}: UNBOUNDED"):
+        kb.solve_qp(np.zeros((1, 1)), np.ones(1), G=np.array([[1.0]]), h=np.array([1.0]), solver=solver)
+    s = kb.solve_qp(P, q, G=G, h=h, on_failure="nan", solver=solver)
     assert int(s.status) == int(kb.Status.INFEASIBLE) and np.isnan(s.x).all()
 
 
@@ -234,7 +235,7 @@ def test_qp_solution_record():
     # x* = max(-q, 0) for P = I, x >= 0 (here (0, 2, 0)) with λ = max(q, 0).
     q = jnp.array([1.0, -2.0, 0.5])
     s = kb.solve_qp(jnp.eye(3), q, G=-jnp.eye(3), h=jnp.zeros(3))
-    assert isinstance(s, kb.QPSolution) and s._fields == ("x", "eq_dual", "ineq_dual", "status", "iterations", "diagnostics")
+    assert isinstance(s, kb.QPSolution) and s._fields == ("x", "eq_dual", "ineq_dual", "status", "iterations", "diagnostics", "solver")
     assert isinstance(s.diagnostics, kb.Diagnostics)
     assert s.x.shape == (3,) and s.eq_dual.shape == (0,) and s.ineq_dual.shape == (3,)
     assert s.status.dtype == jnp.int32 and int(s.status) == int(kb.Status.SOLVED) and int(s.iterations) >= 1
@@ -290,3 +291,16 @@ def test_second_derivatives_through_the_assembled_kkt_matrix():
     grad = jax.jit(jax.grad(loss))
     H_fd = fd_jacobian(lambda G: grad(jnp.asarray(G)), data["G"], eps=1e-5)
     assert rel_err(H, H_fd) < 1e-6
+
+
+def test_auto_is_the_default_and_reports_its_choice():
+    data = {k: jnp.asarray(v) for k, v in random_qp(5).items()}
+    sol = kb.solve_qp(**data)
+    assert sol.solver_name in kb.QP_SOLVERS and sol.solver_name == kb.QP_SOLVERS[int(sol.solver)]
+    ref = kb.solve_qp(**data, solver="osqp")
+    assert ref.solver_name == "osqp"
+    np.testing.assert_allclose(sol.x, ref.x, rtol=1e-8, atol=1e-9)
+    batch = jax.vmap(lambda q: kb.solve_qp(**{**data, "q": q}))(jnp.stack([data["q"], data["q"] + 0.1]))
+    assert batch.solver.shape == (2,) and all(name in kb.QP_SOLVERS for name in batch.solver_name)
+    failed = kb.solve_qp(-data["P"], data["q"], on_failure="nan")  # non-convex: no solver's answer
+    assert int(failed.solver) == -1 and failed.solver_name == "unknown"
