@@ -81,24 +81,73 @@ def clear_oracle_cache() -> None:
         _ORACLE_CACHE.clear()
 
 
-def _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq):
-    """Compiled host oracles, cached per problem structure (functions + shapes), not per call."""
+def _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq, sparse):
+    """Compiled host oracles, cached per problem structure (functions + shapes + layout), not per call."""
     from kktbridge.core._oracles import NLPOracles
 
     x_flat, unravel_x = ravel_pytree(x0)
     p_flat, unravel_p = ravel_pytree(params)
     struct = lambda t: (jax.tree_util.tree_structure(t), tuple((jnp.shape(l), jnp.result_type(l)) for l in jax.tree_util.tree_leaves(t)))  # noqa: E731
-    key = (objective, eq, ineq, struct(x0), struct(params))
+    key = (objective, eq, ineq, struct(x0), struct(params), sparse)
     with _ORACLE_LOCK:
         if key in _ORACLE_CACHE:
             _ORACLE_CACHE.move_to_end(key)
             return _ORACLE_CACHE[key]
-    oracles = NLPOracles(objective, eq, ineq, unravel_x, unravel_p, m_eq, m_ineq, x_flat.shape[0])
+    # Pattern detection only reads shapes and dtypes; concrete zeros keep outer tracers out of it.
+    # The host hands IPOPT's oracles p in x's dtype (see host_data).
+    x_example = jnp.zeros(x_flat.shape, x_flat.dtype)
+    p_example = jnp.zeros(p_flat.shape, x_flat.dtype)
+    oracles = NLPOracles(objective, eq, ineq, unravel_x, unravel_p, m_eq, m_ineq, x_flat.shape[0], sparse=sparse,
+                         x_example=x_example, p_example=p_example)
     with _ORACLE_LOCK:
         _ORACLE_CACHE[key] = oracles
         if len(_ORACLE_CACHE) > _ORACLE_CACHE_SIZE:
             _ORACLE_CACHE.popitem(last=False)
     return oracles
+
+
+def _kkt_pattern(oracles, has_upper: bool, has_lower: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pattern of ``∂F/∂z`` for the KKT residual of :func:`solve_nlp` in flat ``z = (x, ν, λ)``.
+
+    ``F = (∇ₓL, h, φ)`` with ``λ = (λ_ineq, λ_upper, λ_lower)`` gives the blocks
+    ``[[∇²L, J_hᵀ, J_gᵀ, I, -I], [J_h, 0, 0, 0, 0], [J_g, 0, D, 0, 0], [I, 0, 0, D, 0], [-I, 0, 0, 0, D]]``
+    (``D`` diagonal: the rows of inactive constraints); constraint ``i`` of ``c = (h, g)`` is row
+    and column ``n + i``. Returns one triangle per off-diagonal block (the solver symmetrises
+    and adds the diagonal), and the number of unknowns.
+    """
+    n, m = oracles.n, oracles.m
+    rows = [oracles.hess_full_rows, n + oracles.jac_rows]
+    cols = [oracles.hess_full_cols, oracles.jac_cols]
+    idx = np.arange(n)
+    offset = n + m
+    for present in (has_upper, has_lower):
+        if present:
+            rows.append(offset + idx)
+            cols.append(idx)
+            offset += n
+    return np.concatenate(rows), np.concatenate(cols), offset
+
+
+def _sparse_row_norms(oracles, ineq_all, unravel_x, dtype, n_bounds: int) -> Callable:
+    """``‖∇gᵢ‖`` of every inequality row (user rows, then bound rows) from the colored Jacobian.
+
+    The activity rule needs these norms; the dense ``jacfwd`` of ``(m_ineq + bounds) × n`` rows is
+    what the sparse path must avoid. Bound rows ``±(x - b)`` have norm 1; absent (``-inf``) rows 0.
+    """
+    m_eq, m_ineq = oracles.m_eq, oracles.m_ineq
+    sel = np.flatnonzero(oracles.jac_rows >= m_eq)
+    seg = jnp.asarray(oracles.jac_rows[sel] - m_eq)
+
+    def row_norms(x_flat, theta):
+        parts = []
+        if m_ineq:
+            _, values = oracles.c_jac(x_flat, ravel_pytree(theta[0])[0].astype(dtype))
+            parts.append(jnp.sqrt(jax.ops.segment_sum(values[sel] ** 2, seg, num_segments=m_ineq)))
+        parts.append(jnp.ones((n_bounds,), dtype))
+        g = ineq_all(unravel_x(x_flat), theta)
+        return jnp.where(g == -jnp.inf, 0.0, jnp.concatenate(parts))
+
+    return row_norms
 
 
 def _constraint_size(name: str, fun: Optional[Callable], x0, params) -> int:
@@ -149,6 +198,7 @@ def solve_nlp(
     accept_inaccurate: bool = False,
     residual_tol: Optional[float] = None,
     diagnose: bool = False,
+    sparse: Optional[bool] = None,
     **options: Any,
 ) -> NLPSolution:
     """Solve ``min f(x, p) s.t. eq(x, p) = 0, ineq(x, p) ≤ 0, lower ≤ x ≤ upper``, differentiably.
@@ -175,7 +225,14 @@ def solve_nlp(
         "solved to acceptable level").
       residual_tol: largest relative KKT residual accepted (default ``100·sqrt(eps)`` of the dtype);
         above it the status is ``RESIDUAL_TOO_LARGE``.
-      diagnose: also compute the condition number of the KKT matrix into ``diagnostics``.
+      diagnose: also compute the condition number of the KKT matrix into ``diagnostics`` (dense: not
+        available on the sparse path above 2048 KKT unknowns).
+      sparse: ``True`` detects the sparsity patterns of the constraint Jacobian and Lagrangian
+        Hessian once per problem structure, gives IPOPT sparse oracles evaluated by colored
+        JVPs/HVPs, and differentiates through a sparse LU of the KKT matrix (``O(nnz)`` memory; see
+        :mod:`kktbridge.core._sparsity`). ``False`` keeps everything dense. ``None`` (default)
+        chooses sparse from 1000 variables when the detected KKT pattern fills at most 5% of the
+        dense matrix. An explicit ``solve`` is still used for the derivative on either path.
       **options: passed to the solver (for IPOPT: ``tol``, ``max_iter``, ``print_level``,
         ``hessian_approximation``, ...). Defaults: ``tol=1e-10`` (``1e-5`` for float32 data),
         ``print_level=0``. Unknown or ill-typed options raise ``ValueError`` before any solve.
@@ -218,6 +275,8 @@ def solve_nlp(
     upper = _bound("upper", upper, n, jnp.inf, dtype)
     if is_concrete(lower, upper) and np.any(np.asarray(lower) > np.asarray(upper)):
         raise ValueError("lower, upper: lower must be <= upper everywhere")
+    if sparse is not None and not isinstance(sparse, bool):
+        raise ValueError(f"sparse: expected True, False or None, got {sparse!r}")
     if np.dtype(dtype) == np.float32 and "tol" not in options:
         # IPOPT's default 1e-10 is below what float32 oracles can resolve (a feasible problem
         # would end as "infeasible"); 1e-5 is what float32 arithmetic supports.
@@ -226,11 +285,21 @@ def solve_nlp(
     args = (params, lower, upper)
     extra = (x0_flat,)
     key = ("nlp", solver, objective, eq, ineq, structure(x0, params, lower), has_lower, has_upper,
-           options_key(options), policy.key())
+           options_key(options), policy.key(), sparse)
 
     def build() -> BridgePlan:
         adapter.validate_options(options)
-        oracles = _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq)
+        oracles = _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq, sparse)
+        plan_policy = policy
+        if oracles.sparse:
+            from kktbridge.core._sparsity import SPARSE_DENSE_FALLBACK_MAX, SparseLUSolver
+
+            rows, cols, size = _kkt_pattern(oracles, has_upper, has_lower)
+            if diagnose and size > SPARSE_DENSE_FALLBACK_MAX:
+                raise ValueError(f"diagnose: the KKT condition number needs the dense {size}×{size} matrix; "
+                                 f"on the sparse path it is available up to {SPARSE_DENSE_FALLBACK_MAX} unknowns")
+            if solve is None:
+                plan_policy = policy._replace(solve=SparseLUSolver(rows, cols, size))
 
         # Bounds as inequalities so one KKT residual covers them: rows (x - u) then (l - x).
         def ineq_all(x, theta):
@@ -247,7 +316,7 @@ def solve_nlp(
         obj = lambda x, theta: objective(x, theta[0])  # noqa: E731
         eq_all = (lambda x, theta: jnp.ravel(eq(x, theta[0]))) if eq is not None else None
         F = kkt_residual(obj, eq_all, ineq_all)
-        check = kkt_activity(obj, eq_all, ineq_all)
+        check = kkt_activity(obj, eq_all, ineq_all, row_norms=_sparse_row_norms(oracles, ineq_all, unravel_x, dtype, n_bounds=n * (has_upper + has_lower)) if oracles.sparse else None)
         m_all = m_ineq + n * (has_upper + has_lower)
 
         def host_data(args, extra):
@@ -294,7 +363,7 @@ def solve_nlp(
             residual=lambda z, args, active: F(z, args, active=active),
             fallback=fallback,
             finish=finish,
-            policy=policy,
+            policy=plan_policy,
         )
 
     return run_pipeline(key, build, args, extra, on_failure)

@@ -138,8 +138,13 @@ def kkt_activity(
     objective: Callable[..., jax.Array],
     eq: Optional[Callable[..., jax.Array]] = None,
     ineq: Optional[Callable[..., jax.Array]] = None,
+    row_norms: Optional[Callable[..., jax.Array]] = None,
 ) -> Callable[..., tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
     r"""Residual and the scale-free activity rule at a primal-dual point.
+
+    ``row_norms(x_flat, *args) -> r`` (optional) supplies the constraint gradient norms ``r_i``
+    (``0`` for an absent, ``-inf`` row) without the dense ``jacfwd`` of ``ineq`` -- for large sparse
+    problems, whose ``m × n`` Jacobian must never be formed.
 
     For inequality row ``i`` with slack ``s_i = -g_i(x)``, multiplier ``λ_i`` and constraint
     gradient norm ``r_i = ‖∇_x g_i(x)‖``, define the scale-free quantities
@@ -215,8 +220,11 @@ def kkt_activity(
         g = jnp.ravel(ineq(x, *args))
         absent = g == -jnp.inf
         s = -_inactive_if_minus_inf(g)
-        Jg = jax.jacfwd(lambda v: _inactive_if_minus_inf(jnp.ravel(ineq(unravel(v), *args))))(x_flat)
-        rn = jnp.linalg.norm(Jg, axis=1)
+        if row_norms is None:
+            Jg = jax.jacfwd(lambda v: _inactive_if_minus_inf(jnp.ravel(ineq(unravel(v), *args))))(x_flat)
+            rn = jnp.linalg.norm(Jg, axis=1)
+        else:
+            rn = row_norms(x_flat, *args)
         rn_safe = jnp.where(rn > 0, rn, 1.0)
         S = jnp.linalg.norm(grad_f) + jnp.sum(jnp.abs(lam) * rn) + eq_term + curv * xs
         lam_hat = jnp.where(S > 0, lam * rn / jnp.where(S > 0, S, 1.0), 0.0)

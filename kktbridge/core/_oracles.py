@@ -1,12 +1,25 @@
-"""Compiled NLP oracles: objective, gradient, constraints, Jacobian and Lagrangian Hessian.
+r"""Compiled NLP oracles: objective, gradient, constraints, Jacobian and Lagrangian Hessian.
 
 Pure JAX, built once per problem structure by the NLP bridge and handed to an NLP adapter (which
 calls them on the host and does no autodiff of its own). Functions take flat ``x`` and flat ``p``.
+
+Two layouts, chosen once per structure (:class:`NLPOracles` ``sparse``):
+
+* **dense**: the ``m × n`` constraint Jacobian by ``jacfwd`` and the lower triangle of the
+  ``n × n`` Lagrangian Hessian ``∇²(σ f + λᵀc)`` by ``jax.hessian`` -- ``O(n²)`` time and memory,
+  right for small problems;
+* **sparse**: the global sparsity patterns of ``∂c/∂x`` and ``∇²(σ f + λᵀc)`` detected from the
+  functions' jaxprs (:mod:`kktbridge.core._sparsity`), and their nonzeros computed by colored
+  JVPs and Hessian-vector products -- ``O(k · cost(f, c))`` time for ``k`` colors and ``O(nnz)``
+  memory.
+
+Either way the adapter receives values in the order of ``jac_rows/jac_cols`` and
+``hess_rows/hess_cols`` (lower triangle, ``row ≥ col``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +31,28 @@ __all__ = ["NLPOracles"]
 class NLPOracles:
     """Jit-compiled host oracles of one problem structure, over flat ``x`` and flat ``p``.
 
-    Built once per ``(objective, eq, ineq, x structure, params structure)`` by the NLP bridge and
-    reused across calls (the compiled XLA executables are cached by ``jax.jit``).
+    Built once per ``(objective, eq, ineq, x structure, params structure, sparse)`` by the NLP
+    bridge and reused across calls (the compiled XLA executables are cached by ``jax.jit``).
+
+    Args:
+      objective, eq, ineq: the user's functions of ``(x pytree, params pytree)``.
+      unravel_x, unravel_p: flat → pytree maps of ``x`` and ``params``.
+      m_eq, m_ineq, n: constraint counts and number of variables.
+      sparse: ``True`` for the sparse layout, ``False`` for the dense one, ``None`` to decide by
+        size and detected density (sparse from :data:`~kktbridge.core._sparsity.SPARSE_MIN_SIZE`
+        variables when the KKT pattern fills at most
+        :data:`~kktbridge.core._sparsity.SPARSE_MAX_DENSITY` of the dense matrix).
+      x_example, p_example: flat example arrays (shapes and dtypes) for pattern detection.
+
+    Attributes:
+      sparse: the layout chosen.
+      jac_rows, jac_cols: the constraint Jacobian's entries (all ``m·n`` when dense).
+      hess_rows, hess_cols: the Lagrangian Hessian's lower-triangle entries.
+      hess_full_rows, hess_full_cols: the full symmetric Hessian pattern (sparse layout only).
     """
 
-    def __init__(self, objective: Callable, eq: Callable | None, ineq: Callable | None, unravel_x, unravel_p, m_eq: int, m_ineq: int, n: int):
+    def __init__(self, objective: Callable, eq: Callable | None, ineq: Callable | None, unravel_x, unravel_p,
+                 m_eq: int, m_ineq: int, n: int, sparse: Optional[bool] = False, x_example=None, p_example=None):
         self.n, self.m_eq, self.m_ineq = n, m_eq, m_ineq
         self.m = m_eq + m_ineq
 
@@ -37,17 +67,65 @@ class NLPOracles:
                 parts.append(jnp.ravel(ineq(unravel_x(x), unravel_p(p))))
             return jnp.concatenate(parts) if parts else jnp.zeros((0,), x.dtype)
 
+        def lagrangian(x, p, sigma, lam):
+            return sigma * f(x, p) + jnp.vdot(lam, c(x, p))
+
+        self.f_grad = jax.jit(jax.value_and_grad(f))
+        self.sparse = False
+        if sparse is None or sparse:
+            self.sparse = self._try_sparse(c, lagrangian, x_example, p_example, required=bool(sparse))
+        if self.sparse:
+            return
         rows, cols = np.tril_indices(n)
         self.hess_rows, self.hess_cols = rows, cols
 
         def hess(x, p, sigma, lam):
-            H = jax.hessian(lambda x: sigma * f(x, p) + jnp.vdot(lam, c(x, p)))(x)
-            return H[rows, cols]
+            return jax.hessian(lagrangian)(x, p, sigma, lam)[rows, cols]
 
         # One compiled call for (f, ∇f) and one for (c, J): IPOPT asks for a value and then its
         # derivative at the same x, so each pair is computed once and the second half served from
-        # the last evaluation (see _Problem).
-        self.f_grad = jax.jit(jax.value_and_grad(f))
+        # the last evaluation (see the IPOPT adapter's _Problem).
         self.c_jac = jax.jit(lambda x, p: (c(x, p), jnp.ravel(jax.jacfwd(c)(x, p))))
         self.hess = jax.jit(hess)
         self.jac_rows, self.jac_cols = (a.ravel() for a in np.indices((self.m, n)))
+
+    def _try_sparse(self, c, lagrangian, x, p, required: bool) -> bool:
+        """Detect patterns and build the colored oracles; ``False`` (dense) when auto declines."""
+        from kktbridge.core import _sparsity
+
+        n, m = self.n, self.m
+        if not required and (n < _sparsity.SPARSE_MIN_SIZE or not _sparsity.available()):
+            return False
+        if x is None or p is None:
+            raise ValueError("x_example, p_example: needed for sparsity detection")
+        sigma, lam = jnp.ones((), x.dtype), jnp.zeros((m,), x.dtype)
+        try:
+            hess_col = _sparsity.detect_hessian(lagrangian, x, p, sigma, lam)
+            jac_col = _sparsity.detect_jacobian(c, x, p) if m else None
+        except Exception as e:
+            if required:
+                raise ValueError(f"sparse: sparsity detection of the problem's functions failed ({type(e).__name__}: {e}); "
+                                 "use sparse=False") from e
+            return False
+        h_rows = np.asarray(hess_col.sparsity.rows, dtype=np.int64)
+        h_cols = np.asarray(hess_col.sparsity.cols, dtype=np.int64)
+        j_rows = np.asarray(jac_col.sparsity.rows, dtype=np.int64) if m else np.zeros(0, np.int64)
+        j_cols = np.asarray(jac_col.sparsity.cols, dtype=np.int64) if m else np.zeros(0, np.int64)
+        # The KKT matrix [[H, Jᵀ], [J, D]] has nnz(H) + 2 nnz(J) + (m + bound rows) entries at most.
+        size = n + m
+        density = (h_rows.size + 2 * j_rows.size + size) / float(size) ** 2
+        if not required and density > _sparsity.SPARSE_MAX_DENSITY:
+            return False
+        lower = h_rows >= h_cols
+        self.hess_full_rows, self.hess_full_cols = h_rows, h_cols
+        self.hess_rows, self.hess_cols = h_rows[lower], h_cols[lower]
+        self.jac_rows, self.jac_cols = j_rows, j_cols
+        self.kkt_density = density
+        hess_values = _sparsity.colored_hessian(lagrangian, hess_col)
+        lower_idx = np.flatnonzero(lower)
+        self.hess = jax.jit(lambda x, p, sigma, lam: hess_values(x, p, sigma, lam)[lower_idx])
+        if m:
+            self.c_jac = jax.jit(_sparsity.colored_jacobian(c, jac_col))
+        else:
+            self.c_jac = jax.jit(lambda x, p: (c(x, p), jnp.zeros((0,), x.dtype)))
+        return True
