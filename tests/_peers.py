@@ -27,7 +27,8 @@ IMPORT_NAME = {
     "mkdocstrings": "mkdocstrings",
     "mkdocs-jupyter": "mkdocs_jupyter",
 }
-EXTRAS = ("test", "docs")
+#: The extras `make test` installs (Makefile): under KKTBRIDGE_REQUIRE_PEERS their modules must import.
+EXTRAS = ("test", "docs", "solvers", "sparse", "ray")
 
 
 def _extra_modules() -> list[str]:
