@@ -30,6 +30,7 @@ SUITES: dict[str, str] = {
     "scaling": "scaling",
     "gpu": "gpu",
     "core": "core",
+    "sparse": "sparse",
     "scale-out": "scale_out",
 }
 

@@ -1,0 +1,137 @@
+r"""Suite ``sparse``: the sparse NLP path (issue 19) on a chain NLP, against CasADi's IPOPT + sensitivity.
+
+Chain NLP (``N`` steps, ``n = 2N + 1`` variables: states ``s`` and controls ``u``; parameters
+``p = (s_init, t_0 … t_N)``):
+
+.. math::
+   \min_{s, u}\ \textstyle\sum_i (s_i - t_i)^2 + 0.1 \sum_i u_i^2 \quad\text{s.t.}\quad
+   s_0 = s_\text{init},\ s_{i+1} = s_i + u_i,\ |u_i| \le 20 / N .
+
+Measured per size: warm jitted ``value_and_grad`` of ``L(p) = wᵀx*(p)`` through ``solve_nlp``
+(sparse by default at these sizes), its first call (pattern detection + compilation), peak traced
+host memory of a warm call (``tracemalloc``: NumPy/Python, not XLA buffers), and the same
+``p ↦ (x*, ∇L)`` with CasADi (``nlpsol('ipopt')`` plus its own reverse parametric sensitivity,
+one ``casadi.Function`` built once) measured in the same run. Targets: time ≤ 2× CasADi's, and
+the log-log slope of our time against ``n`` ≤ 1.3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kktbridge._bench import Context, SuiteResult, Target, max_rel_diff, peak_python_memory, ratio, time_call
+
+SIZES_FULL = [2_001, 20_001, 200_001]
+SIZES_QUICK = [2_001, 20_001]
+TARGET_VS_CASADI = 2.0
+TARGET_SLOPE = 1.3
+TOL = 1e-10
+
+
+def steps(quick: bool) -> int:
+    return 2 * len(SIZES_QUICK if quick else SIZES_FULL)
+
+
+def chain_f(x, p):
+    N = p.shape[0] - 2
+    s, u = x[: N + 1], x[N + 1 :]
+    return ((s - p[1:]) ** 2).sum() + 0.1 * (u**2).sum()
+
+
+def chain_eq(x, p):
+    import jax.numpy as jnp
+
+    N = p.shape[0] - 2
+    s, u = x[: N + 1], x[N + 1 :]
+    return jnp.concatenate([s[:1] - p[:1], s[1:] - s[:-1] - u])
+
+
+def chain_data(n: int):
+    N = (n - 1) // 2
+    p = np.concatenate([[0.3], 2 * np.sin(4 * np.pi * np.arange(N + 1) / N)])
+    u_max = 20.0 / N
+    lower = np.concatenate([np.full(N + 1, -np.inf), np.full(N, -u_max)])
+    w = np.random.default_rng(0).standard_normal(n)
+    return N, p, lower, -lower, w
+
+
+def _casadi_peer(n: int):
+    """``p ↦ (x*, ∇_p wᵀx*)`` with CasADi: IPOPT plus nlpsol's reverse sensitivity."""
+    import casadi as ca
+
+    N, p, lower, upper, w = chain_data(n)
+    x, P = ca.SX.sym("x", n), ca.SX.sym("p", N + 2)
+    s, u = x[: N + 1], x[N + 1 :]
+    f = ca.sumsqr(s - P[1:]) + 0.1 * ca.sumsqr(u)
+    g = ca.vertcat(s[0] - P[0], s[1:] - s[:-1] - u)
+    S = ca.nlpsol("S", "ipopt", {"x": x, "p": P, "f": f, "g": g},
+                  {"ipopt.print_level": 0, "ipopt.sb": "yes", "print_time": False, "ipopt.tol": TOL,
+                   # As in the eager suite: with min_lam = 0 every bound with a tiny interior-point
+                   # multiplier counts as active in CasADi's sensitivity.
+                   "min_lam": 1e-6, "sens_force_equality": True})
+    Pm = ca.MX.sym("P", N + 2)
+    r = S(x0=np.zeros(n), p=Pm, lbx=lower, ubx=upper, lbg=0, ubg=0)
+    L = ca.dot(ca.DM(w), r["x"])
+    F = ca.Function("F", [Pm], [r["x"], ca.gradient(L, Pm)])
+
+    def call():
+        xs, gs = F(p)
+        return np.asarray(xs).ravel(), np.asarray(gs).ravel()
+
+    return call
+
+
+def run(ctx: Context) -> SuiteResult:
+    import jax
+    import jax.numpy as jnp
+
+    from kktbridge import solve_nlp
+    from kktbridge.adapters import available_solvers
+    from kktbridge.core import _sparsity
+
+    if "ipopt" not in available_solvers():
+        return SuiteResult("sparse", status="unavailable", reason="unavailable: cyipopt not installed")
+    if not _sparsity.available():
+        return SuiteResult("sparse", status="unavailable", reason="unavailable: asdex not installed")
+    res = SuiteResult("sparse")
+    sizes, ours, peers = [], [], []
+    for n in SIZES_QUICK if ctx.quick else SIZES_FULL:
+        N, p, lower, upper, w = chain_data(n)
+        p, lo, up, wj, x0 = (jnp.asarray(a) for a in (p, lower, upper, w, np.zeros(n)))
+        ctx.step(f"sparse chain n={n}: solve_nlp")
+
+        def loss(p):
+            return jnp.vdot(wj, solve_nlp(chain_f, x0, p, eq=chain_eq, lower=lo, upper=up, tol=TOL).x)
+
+        vg = jax.jit(jax.value_and_grad(loss))
+        repeats = max(1, min(ctx.repeats, 5 if n < 100_000 else 2))
+        t = time_call(lambda: vg(p), repeats, min_total_s=0.0)
+        (_, g_ours), peak_mib = peak_python_memory(lambda: jax.block_until_ready(vg(p)))
+        row = {"n": n, "vg_ms": t["median_ms"], "first_ms": t["first_ms"], "peak_host_MiB": peak_mib}
+        ctx.step(f"sparse chain n={n}: CasADi")
+        try:
+            call = _casadi_peer(n)
+            tc = time_call(call, repeats, min_total_s=0.0)
+            _, g_ca = call()
+            row.update({"casadi_ms": tc["median_ms"], "casadi_first_ms": tc["first_ms"],
+                        "ours/casadi": ratio(t["median_ms"], tc["median_ms"]),
+                        "grad_max_rel_diff": max_rel_diff(np.asarray(g_ours), g_ca)})
+            res.targets.append(Target(f"chain n={n}: NLP solve + derivative / CasADi IPOPT + sensitivity time",
+                                      row["ours/casadi"], TARGET_VS_CASADI, "<="))
+            peers.append(tc["median_ms"])
+        except Exception as e:  # pragma: no cover - a peer failure is reported, not fatal
+            row["casadi"] = f"failed: {type(e).__name__}: {str(e).splitlines()[-1][:80] if str(e) else ''}"
+            peers.append(float("nan"))
+        res.rows.append(row)
+        sizes.append(n)
+        ours.append(t["median_ms"])
+        jax.clear_caches()
+    if len(sizes) >= 2:
+        slope = float(np.polyfit(np.log(sizes), np.log(ours), 1)[0])
+        res.targets.append(Target(f"log-log slope of solve + derivative time vs n ({sizes[0]}…{sizes[-1]})",
+                                  slope, TARGET_SLOPE, "<="))
+    res.notes.append("Peak memory is tracemalloc's (host NumPy/Python allocations of one warm call: IPOPT's "
+                     "oracle values, the sparse LU's CSC arrays); XLA's own buffers are not included.")
+    res.plot = {"x": [str(s) for s in sizes], "series": {"solve_nlp v&g": ours, "CasADi": peers},
+                "ylabel": "ms (median)", "logy": True}
+    return res
