@@ -41,6 +41,7 @@ import functools
 import os
 import sys
 import threading
+import time
 import types
 import uuid
 from typing import Any, ClassVar, Mapping, Optional, Sequence
@@ -281,7 +282,9 @@ def _solve_in_worker(key: str, data: bytes, packed: dict, shared: frozenset, x64
             while len(_WORKER_CACHE) > _WORKER_CACHE_SIZE:
                 _WORKER_CACHE.popitem(last=False)
     adapter, options = entry
-    return ("ok", adapter.solve_part(_unpack_part(packed, shared), shared, options))
+    cpu = time.process_time()
+    solutions = adapter.solve_part(_unpack_part(packed, shared), shared, options)
+    return ("ok", solutions, time.process_time() - cpu)
 
 
 def _failed_part(size: int, why: str) -> list:
@@ -304,12 +307,17 @@ class _RemoteExecutor(Executor):
         parts = adapter.batch_parts(len(batch), shared, workers, per_instance=False, parts_per_worker=self.PARTS_PER_WORKER)
         packed = [_pack_part([batch[i] for i in r], shared) for r in parts]
         outcomes = self._map(payload, packed, shared, bool(jax.config.jax_enable_x64))
-        out = []
-        for r, (kind, value) in zip(parts, outcomes):
+        out, cpu = [], 0.0
+        for r, (kind, value, *rest) in zip(parts, outcomes):
             if kind == "load-error":
                 raise UnpicklableError(f"executor {self.name!r}: a worker could not load the problem: {value}")
             out.extend(value if kind == "ok" else _failed_part(len(r), value))
+            cpu += rest[0] if rest else 0.0
+        self.last_worker_cpu_s = cpu
         return out
+
+    #: CPU seconds the workers spent solving the last batch (diagnostics, e.g. the bench).
+    last_worker_cpu_s: float = 0.0
 
     @abc.abstractmethod
     def _map(self, payload: _Payload, packed: list, shared: frozenset, x64: bool) -> list:
@@ -362,7 +370,7 @@ class ProcessExecutor(_RemoteExecutor):
                 outcomes.append(f.result())
             except concurrent.futures.process.BrokenProcessPool as e:
                 outcomes.append(("died", f"worker process died: {e}"))
-        if any(kind == "died" for kind, _ in outcomes):
+        if any(o[0] == "died" for o in outcomes):
             self._discard(pool)
         return outcomes
 
