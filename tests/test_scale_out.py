@@ -40,9 +40,9 @@ def sum_to_one(x, p):
     return jnp.sum(x, keepdims=True) - 1.0
 
 
-def nlp_loss(p):
+def nlp_loss(p, sparse=False):
     """``w·x*(p)`` with ``x*(p) = p - (Σp - 1)/n`` (projection onto ``Σx = 1``)."""
-    return jnp.dot(W, kb.solve_nlp(projection, jnp.zeros(N), p, eq=sum_to_one, on_failure="nan").x)
+    return jnp.dot(W, kb.solve_nlp(projection, jnp.zeros(N), p, eq=sum_to_one, sparse=sparse, on_failure="nan").x)
 
 
 def closed_form(params):
@@ -86,12 +86,13 @@ def went_through_workers(executor, solver: str) -> bool:
     return any(e.adapter.name == solver for e in _executor._PAYLOADS.values())
 
 
-def check_nlp_batch(executor):
+def check_nlp_batch(executor, sparse=False):
     _executor._PAYLOADS.clear()
     p = params()
     value, grad = closed_form(p)
-    f = jax.jit(jax.vmap(nlp_loss))
-    g = jax.jit(jax.grad(lambda p: jnp.sum(jax.vmap(nlp_loss)(p))))
+    loss = lambda p: nlp_loss(p, sparse)  # noqa: E731
+    f = jax.jit(jax.vmap(loss))
+    g = jax.jit(jax.grad(lambda p: jnp.sum(jax.vmap(loss)(p))))
     with kb.use_executor(executor) as ex:
         assert kb.get_executor() is ex
         v1, g1 = np.asarray(f(jnp.asarray(p))), np.asarray(g(jnp.asarray(p)))
@@ -146,8 +147,11 @@ def test_threads_nlp_batch_matches_closed_form():
     check_nlp_batch("threads")
 
 
-def test_processes_nlp_batch_matches_closed_form(processes):
-    check_nlp_batch(processes)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_processes_nlp_batch_matches_closed_form(processes, sparse):
+    if sparse:
+        peer("asdex")  # the sparse oracles' sparsity detection
+    check_nlp_batch(processes, sparse)
 
 
 def test_processes_statuses_and_nan_policy_match_threads(processes):

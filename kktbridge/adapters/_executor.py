@@ -258,6 +258,8 @@ def _init_worker(sys_path: Sequence[str]) -> None:
 
     # A worker only evaluates oracles on the host: it must not claim an accelerator of its own.
     jax.config.update("jax_platforms", "cpu")
+    # Inside a worker batches are solved serially (KKTBRIDGE_EXECUTOR may be inherited: ignore it).
+    _STATE["current"] = ThreadExecutor()
 
 
 def _solve_in_worker(key: str, data: bytes, packed: dict, shared: frozenset, x64: bool):
@@ -343,6 +345,7 @@ class ProcessExecutor(_RemoteExecutor):
         self._max_workers = max_workers
         self._pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
         self._lock = threading.Lock()
+        self._atexit = False
 
     @property
     def workers(self) -> int:
@@ -359,6 +362,12 @@ class ProcessExecutor(_RemoteExecutor):
                     initializer=_init_worker,
                     initargs=(list(sys.path),),
                 )
+                if not self._atexit:
+                    import atexit
+
+                    # Stop the workers before the interpreter tears down what the pool needs.
+                    atexit.register(self.shutdown)
+                    self._atexit = True
             return self._pool
 
     def _map(self, payload, packed, shared, x64):
