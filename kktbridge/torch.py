@@ -20,10 +20,25 @@ JAX's x64 mode is on globally. Outputs and gradients come back in the inputs' dt
 device. Failures raise what the JAX layer raises eagerly: :class:`~kktbridge.SolverError` (a
 ``diffcp.SolverError`` when diffcp is installed) or ``ValueError``, never JAX's runtime error.
 
-``torch.func`` transforms (``vmap``, ``grad``) and ``torch.compile`` treat the layer as an opaque
-:class:`torch.autograd.Function` without a ``vmap`` rule or ``setup_context``: use batched
-inputs (a leading batch axis) instead of ``torch.func.vmap``, and let ``torch.compile`` graph-break
-around the layer.
+Transforms. The Function is written in the ``torch.func`` style (``forward`` without ``ctx``,
+``setup_context``, a ``vmap`` rule; its backward is another Function with a ``vmap`` rule that
+applies :func:`jax.vmap` to the pullback), so these work:
+
+* ``torch.func.grad``, ``vjp`` and ``jacrev`` (``jacrev`` vmaps the backward over a basis of
+  cotangents: one JAX ``vmap`` of the pullback, no re-solve);
+* ``torch.func.vmap``: the vmapped axis becomes the layer's own leading batch axis (one host call);
+  if another input already carries a batch axis the two are merged into one batch of problems;
+  ``vmap(grad(f))`` gives per-sample gradients from that batched solve's pullback;
+* ``torch.compile``: TorchDynamo cannot trace the JAX call, so the layer is run eagerly through
+  a graph break (``torch._disable_dynamo``) and the torch code around it is compiled.
+
+Not supported, and why: forward mode (``torch.func.jvp``, ``jacfwd``, ``hessian``) -- the Function
+has no ``jvp`` rule; second derivatives (``create_graph=True``, ``jacrev(jacrev)``) -- the backward
+runs JAX, which torch cannot differentiate (use the JAX layer for higher derivatives);
+``vmap(jacrev(f))`` -- the backward would be vmapped at two levels at once (take ``jacrev`` of the
+batched call); ``torch.compile(fullgraph=True)`` -- the layer is a graph break by construction;
+``torch.autograd.functional.jacobian(vectorize=True)`` -- torch's legacy batching ignores ``vmap``
+rules. These raise (torch's error, or ``NotImplementedError`` naming the limitation).
 
 PyTorch is optional: ``import kktbridge`` never imports this module; importing it without torch
 installed raises an :class:`ImportError` that says so.
@@ -126,49 +141,208 @@ def _surface(error: Exception, rerun) -> None:
     raise error
 
 
+class _State:
+    """What the backward pass needs from one forward call: the JAX pullback and the metadata.
+
+    ``pullback`` is ``None`` when the forward pass did not linearise (no input required grad);
+    :meth:`pullback_for` then re-runs the layer under :func:`jax.vjp` (one more solve) from the
+    inputs, so a backward pass is never silently skipped.
+    """
+
+    def __init__(self, layer, solver_args, duals, x64, pullback, out_meta, in_meta):
+        self.layer, self.solver_args, self.duals = layer, solver_args, duals
+        self.x64, self.pullback = x64, pullback
+        self.out_meta, self.in_meta = out_meta, in_meta
+        self.vmapped = None  # (vmap size, own batch size or None, own-batch flags) when made by the vmap rule
+
+    def flat(self):
+        layer, solver_args, duals = self.layer, self.solver_args, self.duals
+        return lambda *ps: tuple(layer._run(ps, solver_args, duals))  # with duals: variables then duals
+
+    def pullback_for(self, params: Sequence["torch.Tensor"]):
+        if self.pullback is None:
+            jdtype = jnp.float64 if self.x64 else jnp.float32
+            with _precision_scope(self.x64):
+                self.pullback = jax.vjp(self.flat(), *[_to_jax(p, jdtype) for p in params])[1]
+        return self.pullback
+
+
+def _functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (grad, jacrev, vmap, ...) is active around this call."""
+    try:
+        return torch._C._functorch.maybe_current_level() is not None
+    except AttributeError:  # private API moved: assume a transform may need the pullback
+        return True
+
+
+def _forward(layer, solver_args, duals, params, need_vjp: bool) -> tuple[tuple, _State]:
+    """Run the JAX layer on torch tensors; linearise it (``jax.vjp``) when ``need_vjp``."""
+    dtype, x64 = _precision(params)
+    device = params[0].device if params else torch.device("cpu")
+    x64 = x64 or bool(jax.config.jax_enable_x64)
+    jdtype = jnp.float64 if x64 else jnp.float32
+    state = _State(layer, solver_args, duals, x64, None, None, [(p.dtype, p.device) for p in params])
+    flat = state.flat()
+    with _precision_scope(x64):
+        jax_in = [_to_jax(p, jdtype) for p in params]
+        layer._check_params(jax_in)  # eager value checks (NaN, sign/PSD attributes, shapes)
+        try:
+            if need_vjp:
+                outs, state.pullback = jax.vjp(flat, *jax_in)
+            else:
+                outs = flat(*jax_in)
+        except jax.errors.JaxRuntimeError as e:
+            _surface(e, lambda: flat(*jax_in))
+    state.out_meta = [(o.shape, o.dtype) for o in outs]
+    return tuple(_to_torch(o, dtype, device, copy=True) for o in outs), state
+
+
+#: Per thread: whether the current ``_apply`` call may be differentiated (decided outside the
+#: Function, where grad mode and ``requires_grad`` are still visible), and the last forward's
+#: state, handed from ``forward`` to ``setup_context`` (torch calls them back to back).
+_GRAD_WANTED = threading.local()
+_LAST = threading.local()
+
+
+def _move_batch(t: "torch.Tensor", dim: Optional[int], size: int) -> "torch.Tensor":
+    """The tensor with its ``vmap`` axis first (broadcast to ``size`` if it has none)."""
+    if dim is None:
+        return t.unsqueeze(0).expand(size, *t.shape)
+    return t.movedim(dim, 0)
+
+
 class _LayerFunction(torch.autograd.Function):
-    """``(layer, solver_args, duals, *params) -> flat outputs`` with a JAX-vjp backward."""
+    """``(layer, solver_args, duals, *params) -> flat outputs`` with a JAX-vjp backward.
+
+    Written in the ``torch.func``-compatible style (``forward`` without ``ctx``, ``setup_context``,
+    a ``vmap`` rule, and a backward made of another Function), so ``torch.func.grad``, ``vjp``,
+    ``jacrev`` and ``vmap`` compose with it.
+    """
 
     @staticmethod
-    def forward(ctx, layer: _JaxLayer, solver_args: Optional[Mapping[str, Any]], duals: bool, *params):
-        dtype, x64 = _precision(params)
-        device = params[0].device if params else torch.device("cpu")
-        x64 = x64 or bool(jax.config.jax_enable_x64)
-        jdtype = jnp.float64 if x64 else jnp.float32
+    def forward(layer, solver_args, duals, *params):
+        # torch runs forward with grad mode off and (under torch.func) on unwrapped tensors, so
+        # whether a gradient may follow is decided by the caller (`_apply`); default: it may.
+        outs, state = _forward(layer, solver_args, duals, params, getattr(_GRAD_WANTED, "value", True))
+        _LAST.value = (outs, state)
+        return outs
 
-        def flat(*ps):
-            return tuple(layer._run(ps, solver_args, duals))  # with duals: variables then duals, flat
-
-        with _precision_scope(x64):
-            jax_in = [_to_jax(p, jdtype) for p in params]
-            layer._check_params(jax_in)  # eager value checks (NaN, sign/PSD attributes, shapes)
-            try:
-                if any(ctx.needs_input_grad[3:]):
-                    outs, pullback = jax.vjp(flat, *jax_in)
-                else:
-                    outs, pullback = flat(*jax_in), None
-            except jax.errors.JaxRuntimeError as e:
-                _surface(e, lambda: flat(*jax_in))
-        ctx.pullback = pullback
-        ctx.x64 = x64
-        ctx.out_meta = [(o.shape, o.dtype) for o in outs]
-        ctx.in_meta = [(p.dtype, p.device) for p in params]
-        ctx.save_for_backward(*params)
-        return tuple(_to_torch(o, dtype, device, copy=True) for o in outs)
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        outs, state = getattr(_LAST, "value", (None, None))
+        if state is None or len(outs) != len(output) or state.layer is not inputs[0]:
+            raise RuntimeError("kktbridge.torch: setup_context did not follow its forward call")  # torch contract
+        ctx.state = state
+        ctx.save_for_backward(*inputs[3:])  # torch's version counters then reject in-place changes
 
     @staticmethod
     def backward(ctx, *grads):
-        ctx.saved_tensors  # noqa: B018 - raises if an input was modified in place since forward
-        if ctx.pullback is None:  # forward ran without any input requiring grad
-            return (None, None, None) + tuple(None for _ in ctx.in_meta)
-        with _precision_scope(ctx.x64):
-            cot = tuple(
-                jnp.zeros(shape, dt) if g is None else _to_jax(g, dt).reshape(shape)
-                for g, (shape, dt) in zip(grads, ctx.out_meta)
+        params = ctx.saved_tensors  # raises if an input was modified in place since forward
+        gin = _Pullback.apply(ctx.state, len(grads), *grads, *params)
+        return (None, None, None, *(g if p.is_floating_point() else None for g, p in zip(gin, params)))
+
+    @staticmethod
+    def vmap(info, in_dims, layer, solver_args, duals, *params):
+        """``torch.func.vmap``: the vmapped axis becomes the layer's own leading batch axis.
+
+        A parameter that already carries its own batch axis (``vmap`` over batched inputs) has the
+        two axes merged into one batch of ``vmap size × own size`` problems, solved in one call.
+        """
+        size = info.batch_size
+        dims = in_dims[3:]
+        moved = [_move_batch(p, d, size) for p, d in zip(params, dims)]
+        own = [p.dim() - 1 > len(cp_param.shape) for p, cp_param in zip(moved, layer.parameters)]
+        inner = next((int(p.shape[1]) for p, o in zip(moved, own) if o), None)
+        if inner is not None:  # merge (vmap, own batch) into one leading axis
+            moved = [(p if o else p.unsqueeze(1).expand(size, inner, *p.shape[1:])).reshape(size * inner, *p.shape[2 - (not o):])
+                     for p, o in zip(moved, own)]
+        outs = _LayerFunction.apply(layer, solver_args, duals, *moved)
+        _LAST.value[1].vmapped = (size, inner, own)  # how to map gradients back (vmap of grad)
+        if inner is not None:
+            outs = tuple(o.reshape(size, inner, *o.shape[1:]) for o in outs)
+        return outs, tuple(0 for _ in outs)
+
+
+class _Pullback(torch.autograd.Function):
+    """``(state, n, *cotangents, *params) -> input gradients``: the JAX pullback as a Function.
+
+    A separate Function so that ``torch.func`` transforms can see through the backward pass: its
+    ``vmap`` rule maps the pullback over a batch of cotangents with :func:`jax.vmap`, which is
+    what ``torch.func.jacrev`` needs.
+    """
+
+    @staticmethod
+    def forward(state, n, *args):
+        grads, params = args[:n], args[n:]
+        return _pull(state, params, grads, batched=False)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            "kktbridge.torch.CvxpyLayer: second derivatives (double backward, create_graph=True, "
+            "torch.func.hessian) are not supported; use the JAX layer kktbridge.CvxpyLayer for them"
+        )
+
+    @staticmethod
+    def vmap(info, in_dims, state, n, *args):
+        """Two cases: a batch of cotangents for one solve (``jacrev``: ``jax.vmap`` of the
+        pullback), or the backward of a solve that the vmap rule batched (``vmap(grad(f))``:
+        that solve's own, batched, pullback; gradients of merged or broadcast inputs folded back)."""
+        grads, params = args[:n], args[n:]
+        size = info.batch_size
+        grads = [_move_batch(g, d, size) for g, d in zip(grads, in_dims[2:2 + n])]
+        if all(d is None for d in in_dims[2 + n:]) and state.vmapped is None:
+            out = _pull(state, params, grads, batched=True)
+        elif state.vmapped is not None and state.vmapped[0] == size:
+            _, inner, own = state.vmapped
+            out = _pull(state, params, grads, batched=False)
+            if inner is not None:  # undo the merge of (vmap, own batch); sum over broadcast copies
+                out = tuple(g.reshape(size, inner, *g.shape[1:]) if o else g.reshape(size, inner, *g.shape[1:]).sum(1)
+                            for g, o in zip(out, own))
+        else:
+            raise NotImplementedError(
+                "kktbridge.torch.CvxpyLayer: this nesting of torch.func transforms around the layer "
+                "(vmap of a backward pass over inputs batched by another vmap) is not supported"
             )
-            gin = ctx.pullback(cot)
-        out = [_to_torch(g, dt, dev, copy=False) if dt.is_floating_point else None for g, (dt, dev) in zip(gin, ctx.in_meta)]
-        return (None, None, None, *out)
+        return out, tuple(0 for _ in out)
+
+
+def _pull(state: _State, params, grads, batched: bool) -> tuple:
+    """Input gradients (one tensor per parameter) from output cotangents; ``batched``: leading axis."""
+    pullback = state.pullback_for(params)
+    with _precision_scope(state.x64):
+        cot = tuple(
+            _to_jax(g, dt).reshape((-1, *shape) if batched else shape) for g, (shape, dt) in zip(grads, state.out_meta)
+        )
+        gin = jax.vmap(pullback)(cot) if batched else pullback(cot)
+    return tuple(
+        _to_torch(g, dt if dt.is_floating_point else torch.float64, dev, copy=False)
+        for g, (dt, dev) in zip(gin, state.in_meta)
+    )
+
+
+def _apply(layer, solver_args, duals, params) -> tuple:
+    """``_LayerFunction.apply``, telling its forward whether a gradient may be asked for.
+
+    Under ``torch.compile`` the call goes through :data:`_apply_eager`: TorchDynamo cannot trace
+    the JAX call (DLPack, host callbacks), so it graph-breaks and runs the layer eagerly.
+    """
+    if torch.compiler.is_compiling():
+        return _apply_eager(layer, solver_args, duals, params)
+    _GRAD_WANTED.value = torch.is_grad_enabled() and (any(p.requires_grad for p in params) or _functorch_active())
+    try:
+        return _LayerFunction.apply(layer, solver_args, duals, *params)
+    finally:
+        del _GRAD_WANTED.value
+
+
+# torch._disable_dynamo imports TorchDynamo (seconds) only when first called, i.e. only under
+# torch.compile, where it is loaded anyway; torch.compiler.disable would import it right here.
+_apply_eager = torch._disable_dynamo(_apply)
 
 
 class CvxpyLayer(torch.nn.Module):
@@ -218,10 +392,10 @@ class CvxpyLayer(torch.nn.Module):
 
     def forward(self, *params: Any, solver_args: Optional[Mapping[str, Any]] = None) -> tuple:
         """Optimal values of the requested variables (a tuple of tensors)."""
-        return _LayerFunction.apply(self.layer, solver_args, False, *self._tensors(params))
+        return _apply(self.layer, solver_args, False, self._tensors(params))
 
     def with_duals(self, *params: Any, solver_args: Optional[Mapping[str, Any]] = None) -> tuple[tuple, tuple]:
         """``(variables, duals)``: also one dual tensor per constraint of the problem (cvxpy's sign)."""
-        outs = _LayerFunction.apply(self.layer, solver_args, True, *self._tensors(params))
+        outs = _apply(self.layer, solver_args, True, self._tensors(params))
         k = len(self.layer.variables)
         return tuple(outs[:k]), tuple(outs[k:])

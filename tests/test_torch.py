@@ -195,3 +195,112 @@ def test_no_grad_and_outputs_follow_inputs():
     assert not x.requires_grad and x.device == ts[0].device
     (x,) = layer(*(t.detach() for t in ts))
     assert not x.requires_grad
+
+
+# --------------------------------------------------------------------------- torch.func / torch.compile
+def soc_layer():
+    """min cᵀx s.t. ‖x‖ ≤ t: x* = -t c/‖c‖ (nonlinear in c; the conic path through Clarabel)."""
+    c, t = cp.Parameter(3, name="c"), cp.Parameter(nonneg=True, name="t")
+    x = cp.Variable(3, name="x")
+    return CvxpyLayer(cp.Problem(cp.Minimize(c @ x), [cp.norm(x) <= t]), [c, t], [x], solver="clarabel")
+
+
+def soc_solution(c, t):
+    return -t * c / np.linalg.norm(c)
+
+
+def soc_jacobian_c(c, t):
+    """∂x*/∂c = -t (I/‖c‖ - c cᵀ/‖c‖³)."""
+    nc = np.linalg.norm(c)
+    return -t * (np.eye(3) / nc - np.outer(c, c) / nc**3)
+
+
+# Clarabel solves to ~1e-10 relative; 1e-7 relative on values and Jacobians is what the existing
+# closed-form conic test above checks too.
+RTOL = 1e-7
+
+
+def test_torch_func_grad_and_jacrev_match_closed_form():
+    layer = soc_layer()
+    c = torch.tensor([1.0, 0.5, -0.5], dtype=torch.float64)
+    t = torch.tensor(2.0, dtype=torch.float64)
+    w = torch.tensor([0.3, -1.2, 0.7], dtype=torch.float64)
+    c0, t0 = c.numpy(), 2.0
+    g_c, g_t = torch.func.grad(lambda c, t: (layer(c, t)[0] * w).sum(), argnums=(0, 1))(c, t)
+    np.testing.assert_allclose(g_c.numpy(), soc_jacobian_c(c0, t0).T @ w.numpy(), rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(float(g_t), -(w.numpy() @ c0) / np.linalg.norm(c0), rtol=RTOL)  # ∂x*/∂t = -c/‖c‖
+    J = torch.func.jacrev(lambda c: layer(c, t)[0])(c)  # vmap of the backward over a basis
+    np.testing.assert_allclose(J.numpy(), soc_jacobian_c(c0, t0), rtol=RTOL, atol=1e-12)
+
+
+def test_torch_func_vmap_values_and_per_sample_gradients():
+    layer = soc_layer()
+    rng = np.random.default_rng(7)
+    C = torch.tensor(rng.normal(size=(4, 3)), dtype=torch.float64)
+    T = torch.tensor(rng.uniform(0.5, 2.0, 4), dtype=torch.float64)
+    w = torch.tensor(rng.normal(size=3), dtype=torch.float64)
+    xs = torch.func.vmap(lambda c, t: layer(c, t)[0])(C, T)
+    np.testing.assert_allclose(xs.numpy(), [soc_solution(c, t) for c, t in zip(C.numpy(), T.numpy())], rtol=RTOL)
+    # in_dims=None for t: broadcast; the batched call of the layer itself gives the same answer.
+    xs_c = torch.func.vmap(lambda c: layer(c, T[0])[0])(C)
+    np.testing.assert_allclose(xs_c.numpy(), layer(C, T[0])[0].numpy(), rtol=1e-12)
+    # Per-sample gradients (vmap of grad): the backward of the solve the vmap rule batched.
+    grads = torch.func.vmap(torch.func.grad(lambda c, t: (layer(c, t)[0] * w).sum()))(C, T)
+    expect = [soc_jacobian_c(c, t).T @ w.numpy() for c, t in zip(C.numpy(), T.numpy())]
+    np.testing.assert_allclose(grads.numpy(), expect, rtol=RTOL, atol=1e-12)
+    # Jacobians of a batch: jacrev of the batched call (vmap(jacrev) is not supported, see below).
+    Js = torch.func.jacrev(lambda C: layer(C, T)[0])(C)
+    expect = np.zeros((4, 3, 4, 3))
+    for b, (c, t) in enumerate(zip(C.numpy(), T.numpy())):
+        expect[b, :, b, :] = soc_jacobian_c(c, t)  # problems of a batch are independent
+    np.testing.assert_allclose(Js.numpy(), expect, rtol=RTOL, atol=1e-12)
+
+
+def test_torch_func_vmap_over_inputs_with_their_own_batch_axis():
+    # vmap over t while c carries the layer's own batch axis: a 2 x 4 batch of problems in one call.
+    layer = soc_layer()
+    rng = np.random.default_rng(8)
+    C = torch.tensor(rng.normal(size=(4, 3)), dtype=torch.float64)
+    T = torch.tensor([0.5, 1.5], dtype=torch.float64)
+    w = torch.tensor(rng.normal(size=3), dtype=torch.float64)
+    xs = torch.func.vmap(lambda t: layer(C, t)[0])(T)
+    assert xs.shape == (2, 4, 3)
+    np.testing.assert_allclose(xs.numpy(), [[soc_solution(c, t) for c in C.numpy()] for t in T.numpy()], rtol=RTOL)
+    # d/dt Σ_batch wᵀx*(c_b, t) = -Σ_b wᵀc_b/‖c_b‖, for each vmapped t (gradient summed over c's batch).
+    g = torch.func.vmap(torch.func.grad(lambda t: (layer(C, t)[0] * w).sum()))(T)
+    per_t = -sum(w.numpy() @ c / np.linalg.norm(c) for c in C.numpy())
+    np.testing.assert_allclose(g.numpy(), [per_t, per_t], rtol=RTOL)
+
+
+def test_torch_compile_graph_breaks_around_the_layer():
+    layer = soc_layer()
+    c = torch.tensor([1.0, 0.5, -0.5], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(2.0, dtype=torch.float64)
+    w = torch.tensor([0.3, -1.2, 0.7], dtype=torch.float64)
+
+    def loss(c):
+        return ((layer(torch.tanh(c), t)[0] * w) ** 2).sum()  # torch ops around the layer get compiled
+
+    value = torch.compile(loss, backend="aot_eager")(c)
+    value.backward()
+    c0 = np.tanh(c.detach().numpy())
+    x0 = soc_solution(c0, 2.0)
+    np.testing.assert_allclose(value.item(), float(((x0 * w.numpy()) ** 2).sum()), rtol=RTOL)
+    # chain rule: d/dc Σ (w x)² = diag(1 - tanh²) Jᵀ (2 w² x)
+    expect = (1 - c0**2) * (soc_jacobian_c(c0, 2.0).T @ (2 * w.numpy() ** 2 * x0))
+    np.testing.assert_allclose(c.grad.numpy(), expect, rtol=RTOL, atol=1e-12)
+
+
+def test_unsupported_transforms_raise_clearly():
+    layer = soc_layer()
+    c = torch.tensor([1.0, 0.5, -0.5], dtype=torch.float64)
+    t = torch.tensor(2.0, dtype=torch.float64)
+    c_req = c.clone().requires_grad_()
+    (g,) = torch.autograd.grad(layer(c_req, t)[0].sum(), c_req, create_graph=True)
+    with pytest.raises(NotImplementedError, match="second derivatives"):
+        g.sum().backward()
+    for forward_mode in (torch.func.jacfwd, torch.func.hessian):  # no jvp rule (hessian = jacfwd(jacrev))
+        with pytest.raises(RuntimeError, match="jvp"):
+            forward_mode(lambda c: layer(c, t)[0].sum())(c)
+    with pytest.raises(NotImplementedError, match="nesting of torch.func transforms"):
+        torch.func.vmap(torch.func.jacrev(lambda c: layer(c, t)[0]))(torch.stack([c, 2 * c]))
