@@ -24,6 +24,51 @@ from kktbridge.adapters._base import ChunkedAdapter, HostSolution, quiet_stdout
 from kktbridge.core._status import Status
 
 
+#: The QP's matrices; each reaches an adapter either dense (``d["P"]``) or as coordinates
+#: ``d["P_data"], d["P_rows"], d["P_cols"]`` (from a sparse ``solve_qp`` input: never densified
+#: on the way, so solvers that take CSC get the pattern as given).
+MATRICES = ("P", "A", "G")
+
+
+def is_sparse(d: Mapping[str, np.ndarray]) -> bool:
+    """Whether an instance carries its matrices as coordinates (``P_data``, ``P_rows``, ``P_cols``)."""
+    return "P_data" in d
+
+
+def sizes(d: Mapping[str, np.ndarray]) -> tuple[int, int, int]:
+    """``(n, m_eq, m_ineq)`` of an instance, dense or sparse."""
+    return d["q"].shape[0], d["b"].shape[0], d["h"].shape[0]
+
+
+def matrix_shape(d: Mapping[str, np.ndarray], name: str) -> tuple[int, int]:
+    n, m_eq, m_ineq = sizes(d)
+    return {"P": (n, n), "A": (m_eq, n), "G": (m_ineq, n)}[name]
+
+
+def coo(d: Mapping[str, np.ndarray], name: str):
+    """SciPy COO matrix of ``name`` from a sparse instance (duplicates are summed by consumers)."""
+    import scipy.sparse as sp
+
+    rows, cols = np.asarray(d[name + "_rows"], np.int64), np.asarray(d[name + "_cols"], np.int64)
+    return sp.coo_matrix((np.asarray(d[name + "_data"], np.float64), (rows, cols)), shape=matrix_shape(d, name))
+
+
+def densify(d: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The instance with dense ``P, A, G`` (for solvers that only take dense matrices)."""
+    if not is_sparse(d):
+        return dict(d)
+    out = {k: v for k, v in d.items() if not k.split("_")[0] in MATRICES or k in MATRICES}
+    for name in MATRICES:
+        out[name] = coo(d, name).toarray()
+    return out
+
+
+def matrices_shared(d: Mapping[str, np.ndarray], shared: frozenset) -> bool:
+    """Whether ``P, A, G`` are the same for every instance of the batch."""
+    keys = {k + "_data" for k in MATRICES} if is_sparse(d) else set(MATRICES)
+    return keys <= shared
+
+
 def failed(n: int, m_eq: int, m_ineq: int, status: Status, why: Any, iterations: int = 0) -> HostSolution:
     """A failed instance: NaN values of the right shapes, ``status`` and the native reason."""
     nan = lambda k: np.full(k, np.nan)  # noqa: E731
@@ -109,6 +154,10 @@ class DenseQPAdapter(ChunkedAdapter):
         """
 
     def solve_batch(self, batch, shared, options):
+        if batch and is_sparse(batch[0]):
+            # Dense solvers: coordinates become dense matrices here, once per instance.
+            batch = [densify(d) for d in batch]
+            shared = frozenset(k.split("_")[0] if k.endswith("_data") else k for k in shared)
         if self.releases_gil or len(batch) == 1:
             return super().solve_batch(batch, shared, options)
         # The solve holds the GIL: threads would only add setups, so one chunk, one setup.

@@ -71,6 +71,14 @@ def choose(n: int, m_eq: int, m_ineq: int, density: float = 1.0, batch: int = 1)
 
 def density_of(batch: Sequence[Mapping[str, np.ndarray]], shared: frozenset) -> float:
     """Fraction of nonzeros of ``[P; A; G]`` (union of the patterns when the matrices are batched)."""
+    from kktbridge.adapters._qp_common import MATRICES, coo, is_sparse, sizes
+
+    if is_sparse(batch[0]):
+        n, m_eq, m_ineq = sizes(batch[0])
+        total = n * (n + m_eq + m_ineq)
+        # Every instance of a sparse batch has the same pattern (the input's indices).
+        nnz = sum(int(np.count_nonzero(coo(batch[0], k).tocsr().data)) for k in MATRICES)
+        return nnz / total if total else 1.0
     items = batch[:1] if {"P", "A", "G"} <= shared else batch
     mask = None
     for d in items:
@@ -113,7 +121,9 @@ class AutoQPAdapter(Adapter):
 
     def solve_batch(self, batch, shared, options) -> list[HostSolution]:
         d0 = batch[0]
-        n, m_eq, m_ineq = d0["P"].shape[0], d0["A"].shape[0], d0["G"].shape[0]
+        from kktbridge.adapters._qp_common import sizes
+
+        n, m_eq, m_ineq = sizes(d0)
         name, adapter = self._adapter(choose(n, m_eq, m_ineq, density_of(batch, shared), len(batch)))
         results = [self._tag(r, name) for r in adapter.solve_batch(batch, shared, {})]
         retry = [i for i, r in enumerate(results) if r.status in _RETRY] if name != _FALLBACK else []

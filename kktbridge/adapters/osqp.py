@@ -72,8 +72,80 @@ def _csc(M: np.ndarray, rows: np.ndarray, cols: np.ndarray):
     return sp.csc_matrix((M[rows, cols], rows, indptr), shape=shape)
 
 
+class _DenseMatrices:
+    """OSQP's ``P`` (upper triangle of the symmetric part) and ``[A; G]`` from dense instances,
+    on the union of the batch's nonzero patterns (so every instance fits one factorised structure)."""
+
+    def __init__(self, batch: Sequence[dict]):
+        self.P = [0.5 * (d["P"] + d["P"].T) for d in batch]
+        self.A = [np.vstack([d["A"], d["G"]]) for d in batch]
+        self.p_rows, self.p_cols = _pattern(self.P, upper=True)
+        self.a_rows, self.a_cols = _pattern(self.A, upper=False)
+
+    def finite(self, i: int) -> bool:
+        return bool(np.all(np.isfinite(self.P[i])) and np.all(np.isfinite(self.A[i])))
+
+    def csc(self, i: int):
+        return _csc(self.P[i], self.p_rows, self.p_cols), _csc(self.A[i], self.a_rows, self.a_cols)
+
+    def values(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.P[i][self.p_rows, self.p_cols], self.A[i][self.a_rows, self.a_cols]
+
+
+class _SparseMatrices:
+    """The same from coordinate instances (a sparse ``solve_qp`` input), never densified.
+
+    Every instance has the input's pattern, so the CSC structure is computed once: entry ``k`` of
+    the coordinates adds its value (halved off the diagonal, for ``(P + Pᵀ)/2``) to a fixed CSC
+    slot, and explicit zeros stay in the structure (OSQP's matrix updates need a fixed pattern).
+    """
+
+    def __init__(self, batch: Sequence[dict]):
+        from kktbridge.adapters._qp_common import sizes
+
+        d0 = batch[0]
+        n, m_eq, m_ineq = sizes(d0)
+        self.batch = batch
+        r, c = d0["P_rows"].astype(np.int64), d0["P_cols"].astype(np.int64)
+        self.p_weight = np.where(r == c, 1.0, 0.5)
+        self.p_slots, self.p_struct = self._structure(np.minimum(r, c), np.maximum(r, c), (n, n))
+        ra = np.concatenate([d0["A_rows"].astype(np.int64), d0["G_rows"].astype(np.int64) + m_eq])
+        ca = np.concatenate([d0["A_cols"].astype(np.int64), d0["G_cols"].astype(np.int64)])
+        self.a_slots, self.a_struct = self._structure(ra, ca, (m_eq + m_ineq, n))
+
+    @staticmethod
+    def _structure(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]):
+        keys = cols * max(shape[0], 1) + rows  # CSC order: by column, then row
+        unique, slots = np.unique(keys, return_inverse=True)
+        indices = (unique % max(shape[0], 1)).astype(np.int64)
+        indptr = np.searchsorted(unique // max(shape[0], 1), np.arange(shape[1] + 1))
+        return slots, (indices, indptr, shape, unique.size)
+
+    @staticmethod
+    def _sum(slots: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+        return np.bincount(slots, weights=values, minlength=size) if slots.size else np.zeros(size)
+
+    def finite(self, i: int) -> bool:
+        d = self.batch[i]
+        return all(np.all(np.isfinite(d[k + "_data"])) for k in ("P", "A", "G"))
+
+    def values(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        d = self.batch[i]
+        P_x = self._sum(self.p_slots, d["P_data"] * self.p_weight, self.p_struct[3])
+        A_x = self._sum(self.a_slots, np.concatenate([d["A_data"], d["G_data"]]), self.a_struct[3])
+        return P_x, A_x
+
+    def csc(self, i: int):
+        import scipy.sparse as sp
+
+        P_x, A_x = self.values(i)
+        (pi, pp, ps, _), (ai, ap, as_, _) = self.p_struct, self.a_struct
+        return sp.csc_matrix((P_x, pi, pp), shape=ps), sp.csc_matrix((A_x, ai, ap), shape=as_)
+
+
 class OSQPAdapter(ChunkedAdapter):
-    """OSQP. Data: ``P, q, A, b, G, h`` (dense; absent groups have zero rows), optional ``x0, y0``."""
+    """OSQP. Data: ``P, q, A, b, G, h`` (``P, A, G`` dense, or as coordinates ``P_data, P_rows,
+    P_cols``...; absent groups have zero rows), optional ``x0, y0``."""
 
     name: ClassVar[str] = "osqp"
     kind: ClassVar[str] = "qp"
@@ -101,31 +173,30 @@ class OSQPAdapter(ChunkedAdapter):
     def _solve_chunk(self, batch: Sequence[dict], shared: frozenset, settings: Mapping[str, Any]) -> list[HostSolution]:
         import osqp
 
-        m_eq = batch[0]["A"].shape[0]
-        n = batch[0]["P"].shape[0]
-        m = m_eq + batch[0]["G"].shape[0]
-        mats_P = [0.5 * (d["P"] + d["P"].T) for d in batch]
-        mats_A = [np.vstack([d["A"], d["G"]]) for d in batch]
-        p_rows, p_cols = _pattern(mats_P, upper=True)
-        a_rows, a_cols = _pattern(mats_A, upper=False)
-        P_batched = "P" not in shared
-        A_batched = not {"A", "G"} <= shared
+        from kktbridge.adapters._qp_common import is_sparse, sizes
+
+        n, m_eq, m_ineq = sizes(batch[0])
+        m = m_eq + m_ineq
+        sparse = is_sparse(batch[0])
+        mats = _SparseMatrices(batch) if sparse else _DenseMatrices(batch)
+        suffix = "_data" if sparse else ""
+        P_batched = "P" + suffix not in shared
+        A_batched = not {"A" + suffix, "G" + suffix} <= shared
         solver = None
         out = []
         prev = None
         for i, d in enumerate(batch):
             l = np.concatenate([d["b"], np.full(m - m_eq, -np.inf)])
             u = np.concatenate([d["b"], d["h"]])
-            finite = all(np.all(np.isfinite(d[k])) for k in ("P", "q", "A", "b", "G"))
+            finite = mats.finite(i) and all(np.all(np.isfinite(d[k])) for k in ("q", "b"))
             if not finite or np.isnan(d["h"]).any():
                 out.append(_failed(n, m, m_eq, Status.INVALID_PROBLEM, "non-finite data"))
                 continue
             if solver is None:
                 solver = osqp.OSQP()
                 try:
-                    solver.setup(
-                        P=_csc(mats_P[i], p_rows, p_cols), q=d["q"], A=_csc(mats_A[i], a_rows, a_cols), l=l, u=u, **settings
-                    )
+                    P_csc, A_csc = mats.csc(i)
+                    solver.setup(P=P_csc, q=d["q"], A=A_csc, l=l, u=u, **settings)
                 except Exception as e:  # noqa: BLE001 - e.g. OSQPException(4) for a non-convex P
                     solver = None
                     out.append(_failed(n, m, m_eq, self.map_exception(e), f"{type(e).__name__}: {e}"))
@@ -136,10 +207,11 @@ class OSQPAdapter(ChunkedAdapter):
                     # OSQP's public update() prints but swallows a failed refactorisation (e.g. a
                     # non-convex P), which would silently solve the *previous* instance's problem:
                     # call the binding, check its code, and set up afresh on failure.
+                    P_x, A_x = mats.values(i)
                     rc = solver._solver.update_data_mat(
-                        P_x=mats_P[i][p_rows, p_cols] if P_batched else None,
+                        P_x=P_x if P_batched else None,
                         P_i=None,
-                        A_x=mats_A[i][a_rows, a_cols] if A_batched else None,
+                        A_x=A_x if A_batched else None,
                         A_i=None,
                     )
                     if rc:
@@ -147,9 +219,8 @@ class OSQPAdapter(ChunkedAdapter):
                         prev = None
                         try:
                             solver = osqp.OSQP()
-                            solver.setup(
-                                P=_csc(mats_P[i], p_rows, p_cols), q=d["q"], A=_csc(mats_A[i], a_rows, a_cols), l=l, u=u, **settings
-                            )
+                            P_csc, A_csc = mats.csc(i)
+                            solver.setup(P=P_csc, q=d["q"], A=A_csc, l=l, u=u, **settings)
                         except Exception as e:  # noqa: BLE001
                             solver = None
                             out.append(_failed(n, m, m_eq, self.map_exception(e), f"{type(e).__name__}: {e}"))

@@ -86,7 +86,9 @@ def _qp_ineq(x, data):
 
 #: One residual for every QP (P, q, A, b, G, h enter as arguments, so it is built once).
 _QP_KKT = kkt_residual(_qp_objective, _qp_eq, _qp_ineq)
-_QP_CHECK = kkt_activity(_qp_objective, _qp_eq, _qp_ineq)
+_QP_CHECK = kkt_activity(
+    _qp_objective, _qp_eq, _qp_ineq, row_norms=lambda x, data: jnp.where(jnp.isfinite(data[5]), jnp.linalg.norm(data[4], axis=1), 0.0)
+)
 
 
 def _qp_kkt_matrix(z: KKTPoint, data, active: jax.Array) -> jax.Array:
@@ -113,6 +115,130 @@ def _qp_kkt_matrix(z: KKTPoint, data, active: jax.Array) -> jax.Array:
             [-d[:, None] * Gf, zeros(m, p), jnp.diag(1 - d)],
         ]
     )
+
+
+class _Coords(NamedTuple):
+    """Static sparsity pattern of one sparse matrix argument (coordinates in input order)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    shape: tuple[int, int]
+
+    def key(self) -> tuple:
+        return (self.shape, self.rows.tobytes(), self.cols.tobytes())
+
+    def matvec(self, data: jax.Array, x: jax.Array) -> jax.Array:
+        """``M @ x`` from the values ``data`` (duplicates add up, as in COO)."""
+        return jax.ops.segment_sum(data * x[self.cols], jnp.asarray(self.rows), num_segments=self.shape[0])
+
+    def row_norms(self, data: jax.Array) -> jax.Array:
+        # Duplicates are summed per entry first, so that a split entry has its true norm.
+        keys, inverse = np.unique(self.rows.astype(np.int64) * self.shape[1] + self.cols, return_inverse=True)
+        merged = jax.ops.segment_sum(data, jnp.asarray(inverse.ravel()), num_segments=keys.size)
+        return jnp.sqrt(jax.ops.segment_sum(merged**2, jnp.asarray(keys // self.shape[1]), num_segments=self.shape[0]))
+
+
+def _is_sparse(M: Any) -> bool:
+    from jax.experimental import sparse as jsparse
+
+    return isinstance(M, jsparse.BCOO) or type(M).__module__.startswith("scipy.sparse")
+
+
+def _sparse_arg(name: str, M: Any, shape: tuple[Optional[int], int], dtype: Any) -> tuple[jax.Array, _Coords]:
+    """Values and static pattern of a sparse (or concrete dense) matrix argument."""
+    from jax.experimental import sparse as jsparse
+
+    if M is None:
+        return jnp.zeros((0,), dtype), _Coords(np.zeros(0, np.int32), np.zeros(0, np.int32), (0, shape[1]))
+    if isinstance(M, jsparse.BCOO):
+        if M.n_batch or M.n_dense or M.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-D BCOO matrix without batch or dense dimensions, got {M}")
+        if not is_concrete(M.indices):
+            raise ValueError(
+                f"{name}: the sparsity pattern (BCOO indices) must be concrete: build the matrix outside jit "
+                "(or close over it) and differentiate through its data"
+            )
+        idx = np.asarray(M.indices)
+        rows, cols, data = idx[:, 0], idx[:, 1], M.data
+        keep = (rows < M.shape[0]) & (cols < M.shape[1])  # BCOO pads with out-of-range indices
+        if not keep.all():
+            rows, cols, data = rows[keep], cols[keep], data[np.nonzero(keep)[0]]
+        mshape = tuple(M.shape)
+    elif _is_sparse(M):
+        c = M.tocoo()
+        rows, cols, data, mshape = np.asarray(c.row), np.asarray(c.col), jnp.asarray(c.data), tuple(c.shape)
+    else:
+        arr = M if isinstance(M, jax.Array) else np.asarray(M, dtype=np.float64)  # NumPy: concrete even under jit
+        if np.ndim(arr) != 2:
+            raise ValueError(f"{name}: expected a 2-D array, got shape {tuple(np.shape(arr))}")
+        if not is_concrete(arr):
+            raise ValueError(f"{name}: a dense matrix passed with sparse ones must be concrete (its pattern is read once)")
+        rows, cols = np.nonzero(np.asarray(arr))
+        data, mshape = arr[rows, cols], tuple(arr.shape)
+    if (shape[0] is not None and mshape[0] != shape[0]) or mshape[1] != shape[1]:
+        want = "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+        raise ValueError(f"{name}: expected shape {want}, got {mshape}")
+    data = as_array(name, data)
+    return data.astype(dtype), _Coords(rows.astype(np.int32), cols.astype(np.int32), mshape)
+
+
+def _validate_sparse(P, q, A, b, G, h):
+    """Sparse inputs: ``(P_data, q, A_data, b, G_data, h)`` and the three static patterns."""
+    warn_if_truncated("q", q)
+    q = as_array("q", q, ndim=1)
+    n = q.shape[0]
+    if (A is None) != (b is None):
+        raise ValueError("A, b: give both (equality constraints Ax = b) or neither")
+    if (G is None) != (h is None):
+        raise ValueError("G, h: give both (inequality constraints Gx <= h) or neither")
+    dtype = jnp.result_type(q, jnp.asarray(P.data) if hasattr(P, "data") else P)
+    P_data, P_c = _sparse_arg("P", P, (n, n), dtype)
+    A_data, A_c = _sparse_arg("A", A, (None, n), dtype)
+    G_data, G_c = _sparse_arg("G", G, (None, n), dtype)
+    b = as_array("b", b, shape=(A_c.shape[0],)) if b is not None else jnp.zeros((0,), dtype)
+    h = as_array("h", h, shape=(G_c.shape[0],), allow_inf=True) if h is not None else jnp.zeros((0,), dtype)
+    if is_concrete(P_data):
+        import scipy.sparse as sp
+
+        Ps = sp.coo_matrix((np.asarray(P_data, np.float64), (P_c.rows, P_c.cols)), shape=P_c.shape).tocsr()
+        asym = abs(Ps - Ps.T).max() if Ps.nnz else 0.0
+        if asym > 1e-8 * max(1.0, abs(Ps).max() if Ps.nnz else 0.0):
+            raise ValueError("P: expected a symmetric matrix (P == P.T); pass the symmetric part (P + P.T) / 2")
+    args = tuple(t.astype(dtype) for t in (P_data, q, A_data, b, G_data, h))
+    return args, (P_c, A_c, G_c)
+
+
+def _sparse_functions(coords: tuple[_Coords, _Coords, _Coords]):
+    """Objective, constraints and row norms of a sparse QP (data = ``P_data, q, A_data, b, G_data, h``)."""
+    P_c, A_c, G_c = coords
+
+    def objective(x, data):
+        # ∇(½xᵀPx) = ½(P + Pᵀ)x: the symmetric part, as in the dense path.
+        return 0.5 * jnp.vdot(x, P_c.matvec(data[0], x)) + jnp.vdot(data[1], x)
+
+    def eq(x, data):
+        return A_c.matvec(data[2], x) - data[3]
+
+    def ineq(x, data):
+        return G_c.matvec(data[4], x) - data[5]
+
+    def row_norms(x_flat, data):
+        return jnp.where(jnp.isfinite(data[5]), G_c.row_norms(data[4]), 0.0)
+
+    return objective, eq, ineq, row_norms
+
+
+def _sparse_kkt_solver(coords: tuple[_Coords, _Coords, _Coords]):
+    """Sparse LU for the KKT system of a sparse QP (pattern of ``[[P, Aᵀ, Gᵀ], [A, 0, 0], [G, 0, I]]``)."""
+    from kktbridge.core import _sparsity
+
+    if not _sparsity.available():
+        return None  # the dense default (GMRES above its size limit); `pip install kktbridge[sparse]`
+    P_c, A_c, G_c = coords
+    n, p, m = P_c.shape[0], A_c.shape[0], G_c.shape[0]
+    rows = np.concatenate([P_c.rows, A_c.rows.astype(np.int64) + n, G_c.rows.astype(np.int64) + n + p])
+    cols = np.concatenate([P_c.cols, A_c.cols, G_c.cols])
+    return _sparsity.SparseLUSolver(rows, cols, n + p + m)
 
 
 def _validate(P, q, A, b, G, h, dtype=None):
@@ -147,7 +273,7 @@ def _validate(P, q, A, b, G, h, dtype=None):
     return tuple(map(cast, (P, q, A, b, G, h)))
 
 
-def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: bool) -> BridgePlan:
+def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: bool, coords=None) -> BridgePlan:
     out_spec = {
         "x": jax.ShapeDtypeStruct((n,), dtype),
         "eq_dual": jax.ShapeDtypeStruct((m_eq,), dtype),
@@ -158,8 +284,21 @@ def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: boo
         # The choice travels as a float so that a failed instance's NaN fill maps to -1.
         out_spec["solver"] = jax.ShapeDtypeStruct((), dtype)
 
+    if coords is None:
+        residual, check, jacobian = _QP_KKT, _QP_CHECK, _qp_kkt_matrix
+    else:
+        objective, eq, ineq, row_norms = _sparse_functions(coords)
+        residual, check, jacobian = kkt_residual(objective, eq, ineq), kkt_activity(objective, eq, ineq, row_norms), None
+        if policy.solve is None:
+            policy = policy._replace(solve=_sparse_kkt_solver(coords))
+
     def host_data(args, extra):
-        data = dict(zip("P q A b G h".split(), args))
+        if coords is None:
+            data = dict(zip("P q A b G h".split(), args))
+        else:
+            data = dict(zip("P_data q A_data b G_data h".split(), args))
+            for name, c in zip("PAG", coords):
+                data[name + "_rows"], data[name + "_cols"] = jnp.asarray(c.rows), jnp.asarray(c.cols)
         if warm:
             data["x0"], data["y0"] = extra
         return data
@@ -183,9 +322,9 @@ def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: boo
         options=options,
         host_data=host_data,
         to_point=to_point,
-        check=lambda z, args: _QP_CHECK(z, args),
-        residual=lambda z, args, active: _QP_KKT(z, args, active=active),
-        jacobian=_qp_kkt_matrix,
+        check=lambda z, args: check(z, args),
+        residual=lambda z, args, active: residual(z, args, active=active),
+        jacobian=jacobian,
         fallback=fallback,
         finish=finish,
         policy=policy,
@@ -248,22 +387,28 @@ def solve_qp(
     """
     check_on_failure(on_failure)
     adapter = get_adapter(solver, kind="qp")
-    P, q, A, b, G, h = _validate(P, q, A, b, G, h)
-    n, m_eq, m_ineq = P.shape[0], A.shape[0], G.shape[0]
-    args = (P, q, A, b, G, h)
+    coords = None
+    if any(_is_sparse(M) for M in (P, A, G)):
+        args, coords = _validate_sparse(P, q, A, b, G, h)
+        n, m_eq, m_ineq = coords[0].shape[0], coords[1].shape[0], coords[2].shape[0]
+    else:
+        args = _validate(P, q, A, b, G, h)
+        n, m_eq, m_ineq = args[0].shape[0], args[2].shape[0], args[4].shape[0]
+    P, q, A, b, G, h = args
     extra: tuple = ()
     if warm_start is not None:
         if not isinstance(warm_start, (tuple, list)) or len(warm_start) != 2:
             raise ValueError("warm_start: expected a tuple (x0, y0)")
         extra = (
-            as_array("warm_start[0]", warm_start[0], shape=(n,)).astype(P.dtype),
-            as_array("warm_start[1]", warm_start[1], shape=(m_eq + m_ineq,)).astype(P.dtype),
+            as_array("warm_start[0]", warm_start[0], shape=(n,)).astype(q.dtype),
+            as_array("warm_start[1]", warm_start[1], shape=(m_eq + m_ineq,)).astype(q.dtype),
         )
-    policy = Policy.make(P.dtype, solve, accept_inaccurate, residual_tol, diagnose)
-    key = ("qp", solver, structure(args, extra), options_key(options), policy.key())
+    policy = Policy.make(q.dtype, solve, accept_inaccurate, residual_tol, diagnose)
+    pattern = None if coords is None else tuple(c.key() for c in coords)
+    key = ("qp", solver, structure(args, extra), pattern, options_key(options), policy.key())
 
     def build() -> BridgePlan:
         adapter.validate_options(options)
-        return _qp_plan(adapter, n, m_eq, m_ineq, P.dtype, dict(options), policy, bool(extra))
+        return _qp_plan(adapter, n, m_eq, m_ineq, q.dtype, dict(options), policy, bool(extra), coords)
 
     return run_pipeline(key, build, args, extra, on_failure)
