@@ -13,6 +13,11 @@ host memory of a warm call (``tracemalloc``: NumPy/Python, not XLA buffers), and
 ``p ↦ (x*, ∇L)`` with CasADi (``nlpsol('ipopt')`` plus its own reverse parametric sensitivity,
 one ``casadi.Function`` built once) measured in the same run. Targets: time ≤ 2× CasADi's, and
 the log-log slope of our time against ``n`` ≤ 1.3.
+
+QP family (same sizes): ``min ½xᵀPx + qᵀx`` s.t. ``-1 ≤ x ≤ 1`` with a tridiagonal ``P`` passed as a
+SciPy sparse matrix (``solve_qp`` keeps it sparse: CSC to OSQP, sparse LU backward). Measured: warm
+jitted ``value_and_grad`` of ``q ↦ wᵀx*(q)`` against OSQP's own setup + solve at the same settings
+(``eps = 1e-9``, polishing) in the same run; target ≤ 3×, and the log-log slope ≤ 1.3.
 """
 
 from __future__ import annotations
@@ -28,8 +33,69 @@ TARGET_SLOPE = 1.3
 TOL = 1e-10
 
 
+TARGET_QP_VS_OSQP = 3.0
+
+
 def steps(quick: bool) -> int:
-    return 2 * len(SIZES_QUICK if quick else SIZES_FULL)
+    return 4 * len(SIZES_QUICK if quick else SIZES_FULL)
+
+
+def qp_data(n: int):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    P = sp.diags([2 + rng.uniform(size=n), -0.5 * np.ones(n - 1), -0.5 * np.ones(n - 1)], [0, 1, -1]).tocsc()
+    G = sp.vstack([sp.eye(n), -sp.eye(n)]).tocsc()
+    return P, 3 * rng.standard_normal(n), G, np.ones(2 * n), rng.standard_normal(n)
+
+
+def _osqp_peer(P, q, G, h):
+    """OSQP alone: setup + solve at kktbridge's default OSQP settings (what one forward does)."""
+    import osqp
+    import scipy.sparse as sp
+
+    from kktbridge.adapters.osqp import DEFAULT_OPTIONS
+
+    def call():
+        m = osqp.OSQP()
+        m.setup(P=sp.triu(P).tocsc(), q=q, A=G, l=np.full(G.shape[0], -np.inf), u=h, **DEFAULT_OPTIONS)
+        return m.solve().x
+
+    return call
+
+
+def _qp_family(ctx: Context, res: SuiteResult) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from kktbridge import solve_qp
+
+    sizes, ours = [], []
+    for n in SIZES_QUICK if ctx.quick else SIZES_FULL:
+        P, q, G, h, w = qp_data(n)
+        qj, wj = jnp.asarray(q), jnp.asarray(w)
+        ctx.step(f"sparse QP n={n}: solve_qp")
+
+        def loss(q):
+            return jnp.vdot(wj, solve_qp(P, q, G=G, h=h, solver="osqp").x)
+
+        vg = jax.jit(jax.value_and_grad(loss))
+        repeats = max(1, min(ctx.repeats, 5 if n < 100_000 else 2))
+        t = time_call(lambda: vg(qj), repeats, min_total_s=0.0)
+        _, peak_mib = peak_python_memory(lambda: jax.block_until_ready(vg(qj)))
+        ctx.step(f"sparse QP n={n}: OSQP alone")
+        to = time_call(_osqp_peer(P, q, G, h), repeats, min_total_s=0.0)
+        row = {"family": "QP (tridiagonal, box)", "n": n, "vg_ms": t["median_ms"], "first_ms": t["first_ms"],
+               "peak_host_MiB": peak_mib, "osqp_ms": to["median_ms"], "ours/osqp": ratio(t["median_ms"], to["median_ms"])}
+        res.targets.append(Target(f"QP n={n}: forward + backward / OSQP setup + solve", row["ours/osqp"], TARGET_QP_VS_OSQP, "<="))
+        res.rows.append(row)
+        sizes.append(n)
+        ours.append(t["median_ms"])
+        jax.clear_caches()
+    if len(sizes) >= 2:
+        slope = float(np.polyfit(np.log(sizes), np.log(ours), 1)[0])
+        res.targets.append(Target(f"QP: log-log slope of forward + backward time vs n ({sizes[0]}…{sizes[-1]})",
+                                  slope, TARGET_SLOPE, "<="))
 
 
 def chain_f(x, p):
@@ -89,11 +155,13 @@ def run(ctx: Context) -> SuiteResult:
     from kktbridge.adapters import available_solvers
     from kktbridge.core import _sparsity
 
-    if "ipopt" not in available_solvers():
-        return SuiteResult("sparse", status="unavailable", reason="unavailable: cyipopt not installed")
     if not _sparsity.available():
         return SuiteResult("sparse", status="unavailable", reason="unavailable: asdex not installed")
     res = SuiteResult("sparse")
+    _qp_family(ctx, res)
+    if "ipopt" not in available_solvers():
+        res.notes.append("NLP family skipped: cyipopt not installed")
+        return res
     sizes, ours, peers = [], [], []
     for n in SIZES_QUICK if ctx.quick else SIZES_FULL:
         N, p, lower, upper, w = chain_data(n)
@@ -107,7 +175,7 @@ def run(ctx: Context) -> SuiteResult:
         repeats = max(1, min(ctx.repeats, 5 if n < 100_000 else 2))
         t = time_call(lambda: vg(p), repeats, min_total_s=0.0)
         (_, g_ours), peak_mib = peak_python_memory(lambda: jax.block_until_ready(vg(p)))
-        row = {"n": n, "vg_ms": t["median_ms"], "first_ms": t["first_ms"], "peak_host_MiB": peak_mib}
+        row = {"family": "NLP (chain)", "n": n, "vg_ms": t["median_ms"], "first_ms": t["first_ms"], "peak_host_MiB": peak_mib}
         ctx.step(f"sparse chain n={n}: CasADi")
         try:
             call = _casadi_peer(n)
