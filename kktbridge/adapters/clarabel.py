@@ -158,6 +158,9 @@ class ClarabelAdapter(Adapter):
     kind: ClassVar[str] = "conic"
     status_map: ClassVar[Mapping[str, Status]] = _STATUS
     REQUIRED_MODULES: ClassVar[tuple[str, ...]] = ('clarabel', 'scipy')
+    #: Cone kinds of an SCS cone dictionary this solver accepts (the shared test suite runs one
+    #: problem per kind; keys: ``zero, nonnegative, soc, psd, exp, exp_dual, power, power_dual``).
+    CONES: ClassVar[frozenset] = frozenset({"zero", "nonnegative", "soc", "psd", "exp", "exp_dual", "power", "power_dual"})
 
     def map_status(self, native: Any) -> Status:
         # SolverStatus members print as their names ("Solved", ...); key by name so that the map

@@ -65,6 +65,9 @@ class SCSAdapter(ChunkedAdapter):
     kind: ClassVar[str] = "conic"
     status_map: ClassVar[Mapping[int, Status]] = _STATUS
     REQUIRED_MODULES: ClassVar[tuple[str, ...]] = ('scs', 'scipy')
+    #: Cone kinds of an SCS cone dictionary this solver accepts (the shared test suite runs one
+    #: problem per kind; keys: ``zero, nonnegative, soc, psd, exp, exp_dual, power, power_dual``).
+    CONES: ClassVar[frozenset] = frozenset({"zero", "nonnegative", "soc", "psd", "exp", "exp_dual", "power", "power_dual"})
 
     #: SCS 3.x settings (``scs.SCS(data, cone, **settings)``).
     SETTINGS: ClassVar[tuple[str, ...]] = (

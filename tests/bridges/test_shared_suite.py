@@ -150,3 +150,82 @@ def _importable(module):
     except ImportError:
         return False
     return True
+
+
+# --------------------------------------------------------------------------- one problem per cone kind
+# Each problem is ``min cᵀx s.t. b(y) - A x ∈ K`` with a scalar parameter ``y`` in ``b`` and a
+# closed-form minimiser ``x*(y)``; the value and ``dx*/dy`` (jacrev and jacfwd) are checked.
+# Tolerances: the conic solvers run at 1e-9 (SCS) / 1e-10 (Clarabel) on these tiny problems; 1e-6
+# relative on values and derivatives is the project's bound for direct solves.
+def _psd_problem(y):
+    # min tr(C X) s.t. tr X = 1, X ⪰ 0 (2x2), C = [[1, y], [y, 3]]: X* = v vᵀ for the smallest
+    # eigenvector v; variables (X11, X21, X22), SCS's scaled-triangle order (√2 on X21).
+    r2 = np.sqrt(2.0)
+    A = jnp.array([[1.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -r2, 0.0], [0.0, 0.0, -1.0]])
+    b = jnp.stack([jnp.ones_like(y), 0 * y, 0 * y, 0 * y])
+    c = jnp.stack([jnp.ones_like(y), 2 * y, 3 * jnp.ones_like(y)])
+    return A, b, c, {"z": 1, "s": [2]}
+
+
+def _psd_reference(y):
+    def x_of(y):
+        w, V = np.linalg.eigh(np.array([[1.0, y], [y, 3.0]]))
+        v = V[:, 0]
+        return np.array([v[0] ** 2, v[0] * v[1], v[1] ** 2])
+
+    h = 1e-6  # central difference of the closed-form eigenvector: error O(h²) ~ 1e-12
+    return x_of(y), (x_of(y + h) - x_of(y - h)) / (2 * h)
+
+
+CONE_PROBLEMS = {
+    # kind: (problem(y) -> (A, b, c, cone), y, reference(y) -> (x*, dx*/dy))
+    "zero": (lambda y: (jnp.eye(2), jnp.stack([y, 2 * y]), jnp.ones(2), {"z": 2}), 0.7,
+             lambda y: (np.array([y, 2 * y]), np.array([1.0, 2.0]))),
+    "nonnegative": (lambda y: (-jnp.eye(2), -jnp.stack([y, y**2]), jnp.ones(2), {"l": 2}), 0.7,
+                    lambda y: (np.array([y, y**2]), np.array([1.0, 2 * y]))),  # x ≥ (y, y²), min 1ᵀx
+    "soc": (lambda y: (jnp.vstack([jnp.zeros((1, 2)), -jnp.eye(2)]), jnp.stack([y, 0 * y, 0 * y]), jnp.array([1.0, 2.0]), {"q": [3]}), 0.7,
+            lambda y: (-y * np.array([1.0, 2.0]) / np.sqrt(5.0), -np.array([1.0, 2.0]) / np.sqrt(5.0))),  # ‖x‖ ≤ y
+    "psd": (_psd_problem, 0.4, _psd_reference),
+    # (y, 1, z) ∈ K_exp ⟺ e^y ≤ z: min z gives z* = e^y.
+    "exp": (lambda y: (jnp.array([[0.0], [0.0], [-1.0]]), jnp.stack([y, jnp.ones_like(y), 0 * y]), jnp.ones(1), {"ep": 1}), 0.3,
+            lambda y: (np.array([np.exp(y)]), np.array([np.exp(y)]))),
+    # (-1, y, w) ∈ K_exp* ⟺ e^{-y} ≤ e·w: min w gives w* = e^{-y-1}.
+    "exp_dual": (lambda y: (jnp.array([[0.0], [0.0], [-1.0]]), jnp.stack([-jnp.ones_like(y), y, 0 * y]), jnp.ones(1), {"ed": 1}), 0.3,
+                 lambda y: (np.array([np.exp(-y - 1)]), np.array([-np.exp(-y - 1)]))),
+    # (y, 1, z) ∈ K_pow(0.3) ⟺ y^0.3 ≥ |z|: max z gives z* = y^0.3.
+    "power": (lambda y: (jnp.array([[0.0], [0.0], [-1.0]]), jnp.stack([y, jnp.ones_like(y), 0 * y]), -jnp.ones(1), {"p": [0.3]}), 1.7,
+              lambda y: (np.array([y**0.3]), np.array([0.3 * y ** (-0.7)]))),
+    # (y, 1, z) ∈ K_pow(0.3)* ⟺ (y/0.3)^0.3 (1/0.7)^0.7 ≥ |z|.
+    "power_dual": (lambda y: (jnp.array([[0.0], [0.0], [-1.0]]), jnp.stack([y, jnp.ones_like(y), 0 * y]), -jnp.ones(1), {"p": [-0.3]}), 1.7,
+                   lambda y: (np.array([(y / 0.3) ** 0.3 * (1 / 0.7) ** 0.7]), np.array([(y / 0.3) ** -0.7 * (1 / 0.7) ** 0.7]))),
+}
+
+
+def _cone_params():
+    out = []
+    for solver in registered("conic"):
+        for kind in CONE_PROBLEMS:
+            out.append(pytest.param(solver, kind, id=f"{solver}-{kind}"))
+    return out
+
+
+@pytest.mark.parametrize("solver, kind", _cone_params())
+def test_conic_adapters_one_problem_per_cone_kind(solver, kind):
+    assert _kind(solver) == "conic"
+    adapter = get_adapter(solver)
+    supported = getattr(adapter, "CONES", None)
+    assert supported is not None, f"{solver}: a conic adapter declares the cone kinds it supports (CONES)"
+    assert supported <= set(CONE_PROBLEMS), sorted(set(supported) - set(CONE_PROBLEMS))
+    if kind not in supported:
+        pytest.skip(f"{solver} does not support the {kind} cone (not in its CONES)")
+    problem, y0, reference = CONE_PROBLEMS[kind]
+
+    def fun(y):
+        A, b, c, cone = problem(y)
+        return kb.solve_conic(A, b, c, cone, solver=solver).x
+
+    x_ref, dx_ref = reference(y0)
+    y = jnp.asarray(y0, dtype=jnp.float64)
+    np.testing.assert_allclose(fun(y), x_ref, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(jax.jacrev(fun)(y), dx_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(jax.jacfwd(fun)(y), dx_ref, rtol=1e-6, atol=1e-7)
