@@ -179,7 +179,7 @@ def osqp_checks() -> list[Check]:
     G = -jnp.eye(4)  # x >= -h
     q0 = np.array([-1.0, 2.0, 3.0, -2.0])  # pushes x1, x2 onto their bounds
     h0 = np.array([0.5, 0.0, 0.1, 0.5])
-    opts = dict(eps_abs=1e-12, eps_rel=1e-12, polishing=True, max_iter=100000)
+    opts = dict(solver="osqp", eps_abs=1e-12, eps_rel=1e-12, polishing=True, max_iter=100000)
 
     def x_of_q(q):
         return solve_qp(P, q, A, b, G, jnp.asarray(h0), **opts).x

@@ -45,7 +45,7 @@ class QPSolution(NamedTuple):
       iterations: solver iterations (int32).
       diagnostics: :class:`~kktbridge.Diagnostics` (residual, complementarity margin, weakly
         active count, optional condition number).
-      solver: which solver produced the instance (int32): an index into :data:`QP_SOLVERS`
+      solver: which solver produced the instance (int32): an index into :data:`~kktbridge.QP_SOLVERS`
         (``solver="auto"`` picks per batch), ``-1`` for an adapter not listed there or for an
         instance ``"auto"`` could not solve. :attr:`solver_name` gives the name.
     """
