@@ -154,6 +154,23 @@ def test_processes_nlp_batch_matches_closed_form(processes, sparse):
     check_nlp_batch(processes, sparse)
 
 
+def test_default_qp_solver_batches_reach_remote_workers(processes):
+    """solver="auto" (DAQP here) holds the GIL in a thread pool, but processes run it in parallel."""
+    _executor._PAYLOADS.clear()
+    q = np.random.default_rng(2).normal(size=(6, N))
+
+    def x(q):
+        return jax.vmap(lambda qi: kb.solve_qp(jnp.eye(N), qi, A=jnp.ones((1, N)), b=jnp.ones(1)).x)(q)
+
+    ref = np.asarray(x(jnp.asarray(q)))
+    with kb.use_executor(processes):
+        out = np.asarray(x(jnp.asarray(q)))
+    # Projection of -q onto Σx = 1: closed form.
+    np.testing.assert_allclose(ref, -q - (np.sum(-q, axis=1, keepdims=True) - 1.0) / N, atol=1e-9)
+    np.testing.assert_allclose(out, ref, atol=1e-9)
+    assert went_through_workers("processes", "daqp")
+
+
 def test_processes_statuses_and_nan_policy_match_threads(processes):
     check_failures_like_threads(processes)
 

@@ -158,7 +158,10 @@ class DenseQPAdapter(ChunkedAdapter):
             # Dense solvers: coordinates become dense matrices here, once per instance.
             batch = [densify(d) for d in batch]
             shared = frozenset(k.split("_")[0] if k.endswith("_data") else k for k in shared)
-        if self.releases_gil or len(batch) == 1:
+        from kktbridge.adapters._executor import ThreadExecutor, get_executor
+
+        if self.releases_gil or len(batch) == 1 or not isinstance(get_executor(), ThreadExecutor):
+            # Worker processes / Ray actors run in parallel whatever the GIL: let the executor split.
             return super().solve_batch(batch, shared, options)
         # The solve holds the GIL: threads would only add setups, so one chunk, one setup.
         return self._guarded_chunk(list(batch), shared, options)
