@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from kktbridge.adapters._base import Adapter, HostSolution
-from kktbridge.core._cones import ConeSpec, parse_cone
+from kktbridge.core._cones import ConeSpec, parse_cone, psd_dim
 from kktbridge.core._status import Status
 
 #: ``clarabel.SolverStatus`` names (0.11 defines exactly these) -> :class:`Status`.
@@ -104,7 +104,7 @@ def _translate(spec: ConeSpec):
         blocks.append((sp.identity(k), sp.identity(k)))
     for n in spec.s:
         cones.append(clarabel.PSDTriangleConeT(n))
-        d = n * (n + 1) // 2
+        d = psd_dim(n)
         P = sp.csr_matrix((np.ones(d), (np.arange(d), _psd_perm(n))), shape=(d, d))
         blocks.append((P, P.T))
     for _ in range(spec.ep):

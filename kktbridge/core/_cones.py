@@ -55,6 +55,7 @@ __all__ = [
     "ConeSpec",
     "parse_cone",
     "cone_dim",
+    "psd_dim",
     "cone_projection",
     "project_soc",
     "project_psd",
@@ -171,13 +172,18 @@ def parse_cone(cone: Any, m: Optional[int] = None) -> ConeSpec:
     return spec
 
 
+def psd_dim(n: int) -> int:
+    """Length ``n(n+1)/2`` of the vectorised lower triangle of an order-``n`` PSD block."""
+    return n * (n + 1) // 2
+
+
 def cone_dim(spec: ConeSpec) -> int:
     """Total dimension of the product cone."""
     return (
         spec.z
         + spec.l
         + sum(spec.q)
-        + sum(n * (n + 1) // 2 for n in spec.s)
+        + sum(psd_dim(n) for n in spec.s)
         + 3 * (spec.ep + spec.ed + len(spec.p))
     )
 
@@ -440,7 +446,7 @@ def _project_blocks(v: jax.Array, spec: ConeSpec, dual: bool) -> jax.Array:
         parts.append(jax.vmap(project_soc)(seg).reshape(-1))
         i += size * count
     for n, count in _runs(spec.s):
-        d = n * (n + 1) // 2
+        d = psd_dim(n)
         seg = v[i : i + d * count].reshape(count, d)
         parts.append(jax.vmap(lambda u, n=n: project_psd(u, n))(seg).reshape(-1))
         i += d * count
