@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from kktbridge.adapters._base import Adapter, HostSolution
-from kktbridge.core._cones import ConeSpec, parse_cone, psd_dim
+from kktbridge.core._cones import ConeSpec, cone_blocks, parse_cone
 from kktbridge.core._status import Status
 
 #: ``clarabel.SolverStatus`` names (0.11 defines exactly these) -> :class:`Status`.
@@ -86,44 +86,62 @@ def _psd_perm(n: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _translate(spec: ConeSpec):
-    """Clarabel cones and the block-diagonal ``T``, ``T⁻¹`` (sparse) for an SCS cone spec."""
+def _clarabel_cones():
+    """Translation table, cone kind -> ``(size, param) -> (Clarabel cone, T_i, T_i⁻¹)``.
+
+    ``T_i`` maps the block of SCS's ``s`` to Clarabel's convention for the same cone (identity
+    where they agree); one entry per kind in :attr:`ClarabelAdapter.CONES`.
+    """
     import clarabel
     import scipy.sparse as sp
 
-    cones: list = []
-    blocks: list = []  # (T_i, T_i^{-1}), sparse or dense
-    if spec.z:
-        cones.append(clarabel.ZeroConeT(spec.z))
-        blocks.append((sp.identity(spec.z), sp.identity(spec.z)))
-    if spec.l:
-        cones.append(clarabel.NonnegativeConeT(spec.l))
-        blocks.append((sp.identity(spec.l), sp.identity(spec.l)))
-    for k in spec.q:
-        cones.append(clarabel.SecondOrderConeT(k))
-        blocks.append((sp.identity(k), sp.identity(k)))
-    for n in spec.s:
-        cones.append(clarabel.PSDTriangleConeT(n))
-        d = psd_dim(n)
-        P = sp.csr_matrix((np.ones(d), (np.arange(d), _psd_perm(n))), shape=(d, d))
-        blocks.append((P, P.T))
-    for _ in range(spec.ep):
-        cones.append(clarabel.ExponentialConeT())
-        blocks.append((sp.identity(3), sp.identity(3)))
-    for _ in range(spec.ed):
-        cones.append(clarabel.ExponentialConeT())
-        blocks.append((_ED, np.linalg.inv(_ED)))
-    for alpha in spec.p:
+    def same(cone):
+        return lambda size, param: (cone(size, param), sp.identity(size), sp.identity(size))
+
+    def psd(size, n):
+        P = sp.csr_matrix((np.ones(size), (np.arange(size), _psd_perm(n))), shape=(size, size))
+        return clarabel.PSDTriangleConeT(n), P, P.T
+
+    def power(size, alpha):
         a = abs(float(alpha))
         if not 0.0 < a < 1.0:
             # α = ±1 makes the scaling singular (and Clarabel requires 0 < α < 1).
-            return None, None, None, f"power-cone parameter {alpha!r} is not supported by Clarabel (needs 0 < |α| < 1)"
-        cones.append(clarabel.PowerConeT(a))
+            raise _Unsupported(f"power-cone parameter {alpha!r} is not supported by Clarabel (needs 0 < |α| < 1)")
         if alpha > 0:
-            blocks.append((sp.identity(3), sp.identity(3)))
-        else:
-            D = np.array([1.0 / a, 1.0 / (1.0 - a), 1.0])
-            blocks.append((np.diag(D), np.diag(1.0 / D)))
+            return clarabel.PowerConeT(a), sp.identity(3), sp.identity(3)
+        D = np.array([1.0 / a, 1.0 / (1.0 - a), 1.0])  # dual power cone: a diagonal rescaling
+        return clarabel.PowerConeT(a), np.diag(D), np.diag(1.0 / D)
+
+    return {
+        "zero": same(lambda size, _: clarabel.ZeroConeT(size)),
+        "nonnegative": same(lambda size, _: clarabel.NonnegativeConeT(size)),
+        "soc": same(lambda size, _: clarabel.SecondOrderConeT(size)),
+        "psd": psd,
+        "exp": same(lambda size, _: clarabel.ExponentialConeT()),
+        # Clarabel has no dual exponential cone: a fixed linear map takes it to the primal one.
+        "exp_dual": lambda size, _: (clarabel.ExponentialConeT(), _ED, np.linalg.inv(_ED)),
+        "power": power,
+    }
+
+
+class _Unsupported(Exception):
+    """A block this solver cannot take (reported as a failed instance, not raised to the user)."""
+
+
+def _translate(spec: ConeSpec):
+    """Clarabel cones and the block-diagonal ``T``, ``T⁻¹`` (sparse) for an SCS cone spec."""
+    import scipy.sparse as sp
+
+    table = _clarabel_cones()
+    cones: list = []
+    blocks: list = []  # (T_i, T_i^{-1}), sparse or dense
+    try:
+        for cone, size, param in cone_blocks(spec):
+            native, T, Tinv = table[cone.kind](size, param)
+            cones.append(native)
+            blocks.append((T, Tinv))
+    except _Unsupported as e:
+        return None, None, None, str(e)
     if not blocks:
         return cones, sp.csr_matrix((0, 0)), sp.csr_matrix((0, 0)), None
     T = sp.block_diag([t for t, _ in blocks], format="csr")
@@ -159,8 +177,9 @@ class ClarabelAdapter(Adapter):
     status_map: ClassVar[Mapping[str, Status]] = _STATUS
     REQUIRED_MODULES: ClassVar[tuple[str, ...]] = ('clarabel', 'scipy')
     #: Cone kinds of an SCS cone dictionary this solver accepts (the shared test suite runs one
-    #: problem per kind; keys: ``zero, nonnegative, soc, psd, exp, exp_dual, power, power_dual``).
-    CONES: ClassVar[frozenset] = frozenset({"zero", "nonnegative", "soc", "psd", "exp", "exp_dual", "power", "power_dual"})
+    #: problem per kind; the kinds are those of ``kktbridge.core._cones.CONES``); the keys of
+    #: :func:`_clarabel_cones`.
+    CONES: ClassVar[frozenset] = frozenset({"zero", "nonnegative", "soc", "psd", "exp", "exp_dual", "power"})
 
     def map_status(self, native: Any) -> Status:
         # SolverStatus members print as their names ("Solved", ...); key by name so that the map

@@ -66,8 +66,9 @@ class SCSAdapter(ChunkedAdapter):
     status_map: ClassVar[Mapping[int, Status]] = _STATUS
     REQUIRED_MODULES: ClassVar[tuple[str, ...]] = ('scs', 'scipy')
     #: Cone kinds of an SCS cone dictionary this solver accepts (the shared test suite runs one
-    #: problem per kind; keys: ``zero, nonnegative, soc, psd, exp, exp_dual, power, power_dual``).
-    CONES: ClassVar[frozenset] = frozenset({"zero", "nonnegative", "soc", "psd", "exp", "exp_dual", "power", "power_dual"})
+    #: problem per kind; the kinds are those of ``kktbridge.core._cones.CONES``). SCS takes the cone
+    #: dictionary as it is: no translation table.
+    CONES: ClassVar[frozenset] = frozenset({"zero", "nonnegative", "soc", "psd", "exp", "exp_dual", "power"})
 
     #: SCS 3.x settings (``scs.SCS(data, cone, **settings)``).
     SETTINGS: ClassVar[tuple[str, ...]] = (

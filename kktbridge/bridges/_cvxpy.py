@@ -60,6 +60,7 @@ import numpy as np
 
 from kktbridge.adapters import get_adapter
 from kktbridge.core._checks import is_concrete
+from kktbridge.core._cones import psd_dim
 
 __all__ = ["CvxpyLayer"]
 
@@ -144,6 +145,11 @@ class _DualSlot(NamedTuple):
     size: int
     kind: str  # "reshape" (zero/nonneg), "flat" (SOC/exp/pow: the cone's dual vector), "psd"
     order: int  # matrix order for "psd"
+
+
+def _rows(cp: Any, con: Any) -> int:
+    """Rows of the solver's ``s`` taken by a canonical constraint (a PSD one: its SCS triangle)."""
+    return psd_dim(con.shape[0]) if type(con) is cp.constraints.PSD else int(con.size)
 
 
 def _psd_types(cp: Any) -> tuple:
@@ -624,7 +630,7 @@ class CvxpyLayer:
         constr_ids = chain.compose_constr_id_map()
 
         n = int(pp.x.size)
-        m = int(sum(c.shape[0] * (c.shape[0] + 1) // 2 if type(c) is cp.constraints.PSD else c.size for c in pp.constraints))
+        m = int(sum(_rows(cp, c) for c in pp.constraints))
         total = int(pp.total_param_size)
         dims = data["dims"]
         cone = dims_to_solver_dict(dims)
@@ -679,7 +685,7 @@ class CvxpyLayer:
         # Constraints -> their dual variables read from y (cvxpy's dual_value convention).
         offsets, off = {}, 0
         for c in pp.constraints:
-            size = c.shape[0] * (c.shape[0] + 1) // 2 if type(c) is cp.constraints.PSD else c.size
+            size = _rows(cp, c)
             offsets[c.id] = (off, size, c)
             off += size
         if path == "conic":

@@ -53,6 +53,9 @@ from kktbridge.core._implicit import implicit_solution
 
 __all__ = [
     "ConeSpec",
+    "Cone",
+    "CONES",
+    "cone_blocks",
     "parse_cone",
     "cone_dim",
     "psd_dim",
@@ -66,7 +69,6 @@ __all__ = [
     "psd_mat",
 ]
 
-_KEYS = ("z", "f", "l", "q", "s", "ep", "ed", "p")
 _UNSUPPORTED = {"bu": "box cone", "bl": "box cone", "cs": "complex PSD cone"}
 
 
@@ -125,6 +127,32 @@ def _sizes(key: str, value: Any, minimum: int) -> tuple:
     return tuple(out)
 
 
+def _alphas(key: str, value: Any) -> tuple:
+    out = []
+    for a in [value] if np.isscalar(value) else value:
+        try:
+            a = float(a)
+        except (TypeError, ValueError):
+            raise ValueError(f"cone: entry {key!r} must hold numbers in [-1, 1], got {a!r}") from None
+        if not (-1.0 <= a <= 1.0) or a == 0.0 or not math.isfinite(a):
+            raise ValueError(f"cone: power-cone parameter must lie in [-1, 1] and be nonzero, got {a!r}")
+        out.append(a)
+    return tuple(out)
+
+
+#: Legacy key spellings: SCS accepts ``f`` (free, i.e. equality rows) for the zero cone ``z``.
+_ALIASES = {"f": "z"}
+
+
+def _entry(cone: Mapping, key: str) -> Any:
+    """The dictionary's value for ``key``, with its aliases merged (counts add up)."""
+    value = cone.get(key, 0 if key in _COUNT_KEYS else ())
+    for alias, target in _ALIASES.items():
+        if target == key and alias in cone:
+            value = _count(key, value) + _count(alias, cone[alias])
+    return value
+
+
 def parse_cone(cone: Any, m: Optional[int] = None) -> ConeSpec:
     """Validate an SCS cone dictionary and return its :class:`ConeSpec`.
 
@@ -146,24 +174,7 @@ def parse_cone(cone: Any, m: Optional[int] = None) -> ConeSpec:
                 raise ValueError(f"cone: the {_UNSUPPORTED[key]} ({key!r}) is not supported yet")
             if key not in _KEYS:
                 raise ValueError(f"cone: unknown key {key!r}; expected keys among {list(_KEYS)}")
-        alphas = []
-        for a in cone.get("p", ()) if not np.isscalar(cone.get("p", ())) else [cone["p"]]:
-            try:
-                a = float(a)
-            except (TypeError, ValueError):
-                raise ValueError(f"cone: entry 'p' must hold numbers in [-1, 1], got {a!r}") from None
-            if not (-1.0 <= a <= 1.0) or a == 0.0 or not math.isfinite(a):
-                raise ValueError(f"cone: power-cone parameter must lie in [-1, 1] and be nonzero, got {a!r}")
-            alphas.append(a)
-        spec = ConeSpec(
-            z=_count("z", cone.get("z", 0)) + _count("f", cone.get("f", 0)),
-            l=_count("l", cone.get("l", 0)),
-            q=_sizes("q", cone.get("q", ()), 1),
-            s=_sizes("s", cone.get("s", ()), 1),
-            ep=_count("ep", cone.get("ep", 0)),
-            ed=_count("ed", cone.get("ed", 0)),
-            p=tuple(alphas),
-        )
+        spec = ConeSpec(**{c.key: c.parse(c.key, _entry(cone, c.key)) for c in CONES})
     if m is not None and cone_dim(spec) != m:
         raise ValueError(
             f"cone: block sizes add up to {cone_dim(spec)} but A has {m} rows "
@@ -179,13 +190,7 @@ def psd_dim(n: int) -> int:
 
 def cone_dim(spec: ConeSpec) -> int:
     """Total dimension of the product cone."""
-    return (
-        spec.z
-        + spec.l
-        + sum(spec.q)
-        + sum(psd_dim(n) for n in spec.s)
-        + 3 * (spec.ep + spec.ed + len(spec.p))
-    )
+    return sum(size for _, size, _ in cone_blocks(spec))
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,60 +425,91 @@ def _dual_pow(v: jax.Array, a: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-def _runs(sizes: tuple) -> list[tuple[int, int]]:
-    """Consecutive runs ``(size, count)`` of equal sizes (each run is projected by one vmap)."""
-    out: list[tuple[int, int]] = []
-    for s in sizes:
-        if out and out[-1][0] == s:
-            out[-1] = (s, out[-1][1] + 1)
+def _runs(blocks) -> list[tuple[Any, tuple, int]]:
+    """Consecutive runs ``(cone, (size, param), count)`` of equal blocks (each run: one vmap)."""
+    out: list = []
+    for cone, size, param in blocks:
+        if out and out[-1][0] is cone and out[-1][1] == (size, param):
+            out[-1] = (cone, (size, param), out[-1][2] + 1)
         else:
-            out.append((s, 1))
+            out.append((cone, (size, param), 1))
     return out
 
 
 def _project_blocks(v: jax.Array, spec: ConeSpec, dual: bool) -> jax.Array:
     parts = []
     i = 0
-    if spec.z:
-        seg = v[i : i + spec.z]
-        parts.append(seg if dual else jnp.zeros_like(seg))  # dual of {0} is the free cone
-        i += spec.z
-    if spec.l:
-        parts.append(jnp.maximum(v[i : i + spec.l], 0.0))
-        i += spec.l
-    for size, count in _runs(spec.q):
+    for cone, (size, param), count in _runs(cone_blocks(spec)):
+        fun = cone.project_dual if dual else cone.project
         seg = v[i : i + size * count].reshape(count, size)
-        parts.append(jax.vmap(project_soc)(seg).reshape(-1))
+        parts.append(jax.vmap(lambda u, fun=fun, param=param: fun(u, param))(seg).reshape(-1))
         i += size * count
-    for n, count in _runs(spec.s):
-        d = psd_dim(n)
-        seg = v[i : i + d * count].reshape(count, d)
-        parts.append(jax.vmap(lambda u, n=n: project_psd(u, n))(seg).reshape(-1))
-        i += d * count
-    # Block positions are fixed (ep before ed); the dual swaps which projection each block gets.
-    exp_funs = (project_exp_dual, project_exp) if dual else (project_exp, project_exp_dual)
-    for count, fun in zip((spec.ep, spec.ed), exp_funs):
-        if count:
-            seg = v[i : i + 3 * count].reshape(count, 3)
-            parts.append(jax.vmap(fun)(seg).reshape(-1))
-            i += 3 * count
-    if spec.p:
-        k = len(spec.p)
-        alphas = np.asarray(spec.p, dtype=np.float64) * (-1.0 if dual else 1.0)
-        seg = v[i : i + 3 * k].reshape(k, 3)
-        primal = alphas > 0
-        out = jnp.zeros_like(seg)
-        # Static split into primal / dual power cones (each group one vmap).
-        for mask, fun in ((primal, project_pow), (~primal, _dual_pow)):
-            idx = np.nonzero(mask)[0]
-            if idx.size:
-                a = jnp.asarray(np.abs(alphas[idx]), v.dtype)
-                out = out.at[idx].set(jax.vmap(fun)(seg[idx], a))
-        parts.append(out.reshape(-1))
-        i += 3 * k
     if not parts:
         return v
     return jnp.concatenate(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# The cones as data
+# --------------------------------------------------------------------------------------------
+
+
+class Cone(NamedTuple):
+    """One kind of cone of the SCS cone dictionary, as a record (see :data:`CONES`).
+
+    Attributes:
+      kind: the name adapters use (their ``CONES`` declaration and translation tables).
+      key: the cone-dictionary key, also the :class:`ConeSpec` field.
+      parse: ``(key, value) -> entry``: validate and normalise the dictionary's value.
+      blocks: ``entry -> ((size, param), ...)``: the blocks of ``s`` it describes, in order;
+        ``param`` is whatever the projections need (PSD order, power-cone ``α``) or ``None``.
+      project: ``(u, param) -> Π_K(u)`` for one block ``u`` of length ``size``.
+      project_dual: ``(u, param) -> Π_{K*}(u)``.
+    """
+
+    kind: str
+    key: str
+    parse: Callable[[str, Any], Any]
+    blocks: Callable[[Any], tuple]
+    project: Callable[[jax.Array, Any], jax.Array]
+    project_dual: Callable[[jax.Array, Any], jax.Array]
+
+
+def _one_block(count: int) -> tuple:
+    return ((count, None),) if count else ()
+
+
+def _pow_block(u: jax.Array, alpha: float, dual: bool) -> jax.Array:
+    """Power cone of parameter ``α`` (``α < 0``: the dual power cone of ``|α|``), or its dual."""
+    a = jnp.asarray(abs(alpha), u.dtype)
+    return _dual_pow(u, a) if (alpha < 0) != dual else project_pow(u, a)
+
+
+#: The cones, in the order of their blocks in ``s`` (SCS's order). Adding a cone is one record
+#: here (plus a field of :class:`ConeSpec`) and, in each adapter that supports it, one entry of
+#: its translation table and its ``CONES`` declaration.
+CONES: tuple[Cone, ...] = (
+    Cone("zero", "z", _count, _one_block, lambda u, _: jnp.zeros_like(u), lambda u, _: u),  # dual: free
+    Cone("nonnegative", "l", _count, _one_block, lambda u, _: jnp.maximum(u, 0.0), lambda u, _: jnp.maximum(u, 0.0)),
+    Cone("soc", "q", lambda k, v: _sizes(k, v, 1), lambda q: tuple((k, None) for k in q),
+         lambda u, _: project_soc(u), lambda u, _: project_soc(u)),
+    Cone("psd", "s", lambda k, v: _sizes(k, v, 1), lambda s: tuple((psd_dim(n), n) for n in s),
+         project_psd, project_psd),
+    Cone("exp", "ep", _count, lambda k: ((3, None),) * k, lambda u, _: project_exp(u), lambda u, _: project_exp_dual(u)),
+    Cone("exp_dual", "ed", _count, lambda k: ((3, None),) * k, lambda u, _: project_exp_dual(u), lambda u, _: project_exp(u)),
+    Cone("power", "p", _alphas, lambda p: tuple((3, a) for a in p),
+         lambda u, a: _pow_block(u, a, dual=False), lambda u, a: _pow_block(u, a, dual=True)),
+)
+assert tuple(c.key for c in CONES) == ConeSpec._fields, "CONES and ConeSpec must list the same keys in order"
+_COUNT_KEYS = tuple(c.key for c in CONES if c.parse is _count)
+_KEYS = tuple(c.key for c in CONES) + tuple(_ALIASES)
+
+
+def cone_blocks(spec: ConeSpec):
+    """The blocks of ``s`` in order, as ``(cone record, size, param)``."""
+    for cone in CONES:
+        for size, param in cone.blocks(getattr(spec, cone.key)):
+            yield cone, size, param
 
 
 def cone_projection(cone: Any, dual: bool = False) -> Callable[[jax.Array], jax.Array]:
