@@ -64,6 +64,44 @@ def _vdot(a: Optional[jax.Array], b: Optional[jax.Array]) -> jax.Array:
     return jnp.vdot(a, b)
 
 
+def _reducer_max(a: jax.Array, b: jax.Array) -> jax.Array:
+    # NaN-propagating like jnp.max (a NaN residual must refuse the solve, never pass as small).
+    return jnp.where((a >= b) | jnp.isnan(a), a, b)
+
+
+def _reducer_min(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.where((a <= b) | jnp.isnan(a), a, b)
+
+
+def _reducer_sum(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.where(jnp.isnan(a), a, a + b)
+
+
+def _reduce(v: jax.Array, kind: str) -> jax.Array:
+    """Full ``max`` / ``min`` / ``sum`` of ``v`` for the (non-differentiated) residual check.
+
+    The reducer is a select, not a bare ``max``/``add``, so that XLA:CPU never hands the reduction
+    (with the pads and adds that produce its input) to its YNNPACK fusion: in jaxlib 0.10.x that
+    fusion returns wrong reductions when one tensor reaches it through two pads with different
+    offsets (the transposes of ``x[1:]`` and ``x[:-1]`` in any ``∇(νᵀh)``), for some sizes only --
+    the equality-constrained chain NLP at 20,001 variables measured a residual of 3e-4 at a point
+    whose true residual is 5e-16. XLA's own reduction emitter computes the same result exactly.
+    Empty ``v`` gives the identity (``-inf`` / ``inf`` / ``0``).
+    """
+    v = jnp.ravel(v)
+    if kind == "max":
+        init, op = -jnp.inf, _reducer_max
+    elif kind == "min":
+        init, op = jnp.inf, _reducer_min
+    else:
+        init, op = 0, _reducer_sum
+    return jax.lax.reduce(v, jnp.asarray(init, v.dtype), op, (0,))
+
+
+def _norm(v: jax.Array) -> jax.Array:
+    return jnp.sqrt(_reduce(v * v, "sum"))
+
+
 def _inactive_if_minus_inf(g: jax.Array) -> jax.Array:
     """Map ``g_i = -inf`` (an absent constraint, e.g. ``x - u`` with ``u = +inf``) to the finite,
     inactive value ``-1``: it keeps ``0 · inf = NaN`` out of the Lagrangian and its derivatives,
@@ -182,14 +220,14 @@ def kkt_activity(
         x_flat, unravel = ravel_pytree(x)
         dtype = x_flat.dtype
         tau = activity_tol(dtype)
-        xs = 1.0 + jnp.max(jnp.abs(x_flat), initial=0.0)
+        xs = 1.0 + jnp.maximum(_reduce(jnp.abs(x_flat), "max"), 0.0)
         f_of = lambda v: objective(unravel(v), *args)  # noqa: E731
         grad_f = jax.grad(f_of)(x_flat)
         r = F(z, *args)
         eq_term = jnp.zeros((), dtype)
         if eq is not None and jnp.size(nu):
             _, vjp_h = jax.vjp(lambda v: jnp.ravel(eq(unravel(v), *args)), x_flat)
-            eq_term = jnp.linalg.norm(vjp_h(nu)[0])
+            eq_term = _norm(vjp_h(nu)[0])
 
         def lagr(v):
             val = f_of(v)
@@ -204,15 +242,17 @@ def kkt_activity(
         # weakly active row ends with λ̂ ≲ ŝ however anisotropic the problem.
         hvp = lambda v: jax.jvp(jax.grad(lagr), (x_flat,), (v,))[1]  # noqa: E731
         u = 1.0 + 0.1 * jnp.cos(jnp.arange(x_flat.size, dtype=dtype))
-        u = u / jnp.linalg.norm(u)
+        u = u / _norm(u)
         curv = jnp.zeros((), dtype)
         for _ in range(8):
             w = hvp(u)
-            curv = jnp.maximum(curv, jnp.linalg.norm(w))
-            u = w / jnp.where(jnp.linalg.norm(w) > 0, jnp.linalg.norm(w), 1.0)
-        scale_stat = 1.0 + jnp.max(jnp.abs(grad_f), initial=0.0)
-        res_stat = jnp.max(jnp.abs(ravel_pytree(r.x)[0]), initial=0.0) / scale_stat
-        res_eq = jnp.max(jnp.abs(r.eq_dual), initial=0.0) / xs
+            w_norm = _norm(w)
+            curv = jnp.maximum(curv, w_norm)
+            u = w / jnp.where(w_norm > 0, w_norm, 1.0)
+        # Every reduction below goes through _reduce (see there: a miscompiled fused reduction).
+        scale_stat = 1.0 + jnp.maximum(_reduce(jnp.abs(grad_f), "max"), 0.0)
+        res_stat = jnp.maximum(_reduce(jnp.abs(ravel_pytree(r.x)[0]), "max"), 0.0) / scale_stat
+        res_eq = jnp.maximum(_reduce(jnp.abs(r.eq_dual), "max"), 0.0) / xs
         if ineq is None or lam.size == 0:
             empty = jnp.zeros(lam.shape, dtype)
             residual = jnp.maximum(res_stat, res_eq)
@@ -222,11 +262,11 @@ def kkt_activity(
         s = -_inactive_if_minus_inf(g)
         if row_norms is None:
             Jg = jax.jacfwd(lambda v: _inactive_if_minus_inf(jnp.ravel(ineq(unravel(v), *args))))(x_flat)
-            rn = jnp.linalg.norm(Jg, axis=1)
+            rn = jax.vmap(_norm)(Jg)
         else:
             rn = row_norms(x_flat, *args)
         rn_safe = jnp.where(rn > 0, rn, 1.0)
-        S = jnp.linalg.norm(grad_f) + jnp.sum(jnp.abs(lam) * rn) + eq_term + curv * xs
+        S = _norm(grad_f) + _reduce(jnp.abs(lam) * rn, "sum") + eq_term + curv * xs
         lam_hat = jnp.where(S > 0, lam * rn / jnp.where(S > 0, S, 1.0), 0.0)
         s_hat = s / (rn_safe * xs)
         # Active iff the multiplier dominates the slack by the factor ACTIVITY_RATIO; no absolute
@@ -236,11 +276,11 @@ def kkt_activity(
         floor = 100 * float(np.finfo(np.dtype(dtype)).eps)
         active = (lam_hat > jnp.maximum(ACTIVITY_RATIO * jnp.maximum(s_hat, 0.0), floor)) & ~absent
         weak = (jnp.maximum(lam_hat, s_hat) <= tau) & ~absent
-        margin = jnp.min(jnp.where(absent, jnp.inf, jnp.maximum(lam_hat, s_hat)), initial=jnp.inf)
+        margin = _reduce(jnp.where(absent, jnp.inf, jnp.maximum(lam_hat, s_hat)), "min")
         # Complementarity residual in the same scale-free units: the product (an interior point
         # leaves λ̂ŝ ≈ μ, while min(λ̂, ŝ) ≈ √μ would flag weakly active rows) plus infeasibility.
         comp = jnp.maximum(jnp.abs(lam_hat * s_hat), jnp.maximum(-jnp.minimum(lam_hat, s_hat), 0.0))
-        res_comp = jnp.max(jnp.where(absent, 0.0, comp), initial=0.0)
+        res_comp = jnp.maximum(_reduce(jnp.where(absent, 0.0, comp), "max"), 0.0)
         residual = jnp.maximum(jnp.maximum(res_stat, res_eq), res_comp)
         return residual, active.astype(dtype), margin, jnp.sum(weak).astype(jnp.int32)
 

@@ -154,3 +154,68 @@ def test_chain_20001_variables_solves_and_differentiates():
     fd = (loss(p + h * d) - loss(p - h * d)) / (2 * h)
     assert np.isfinite(value)
     assert rel_err(jnp.vdot(grad, d), fd) < 1e-6
+
+
+# ---------------------------------------------------------------- jitted residual check at N = 10,000
+# XLA:CPU (jaxlib 0.10.x) hands large reductions, with the pads and adds feeding them, to a YNNPACK
+# fusion that reads misaligned elements when one tensor enters it through two pads with different
+# offsets (here the transposes of ``s[1:]`` and ``s[:-1]`` in ∇(νᵀh)). Full arrays came out right,
+# only reductions of them were wrong -- at N = 10,000 but not 5,000 or 20,000 -- so the jitted KKT
+# check measured a residual of 3e-4 at an exact KKT point and refused the solve.
+def _exact_chain_kkt_point(N, seed=0):
+    """A KKT point of the equality-only chain, exact up to rounding: pick ``ν`` and ``s_0``, then
+    ``u_i = 5 ν_{i+1}`` (∂/∂u_i), ``s_{i+1} = s_i + u_i`` (feasible) and the targets
+    ``t_i = s_i + (ν_i - ν_{i+1})/2`` (∂/∂s_i, with ``ν_{N+1} = 0``) as parameters."""
+    rng = np.random.default_rng(seed)
+    nu = rng.standard_normal(N + 1)
+    u = 5.0 * nu[1:]
+    s = 0.3 + np.concatenate([[0.0], np.cumsum(u)])
+    t = s + 0.5 * (nu - np.append(nu[1:], 0.0))
+    return jnp.asarray(np.concatenate([s, u])), jnp.asarray(nu), jnp.asarray(np.concatenate([[0.3], t]))
+
+
+def test_jitted_kkt_check_of_the_equality_chain_at_N_10000_matches_eager():
+    from kktbridge.core._kkt import KKTPoint, kkt_activity
+
+    x, nu, p = _exact_chain_kkt_point(10_000)
+    check = kkt_activity(chain_f, chain_eq, None)
+    z = KKTPoint(x, nu, jnp.zeros((0,)))
+    eager = float(check(z, p)[0])
+    jitted = float(jax.jit(check)(z, p)[0])
+    # Rounding only (the point is exact; the states reach |s| ~ 500): far below residual_tol 1.5e-6.
+    assert eager < 1e-12
+    assert jitted < 1e-12
+
+
+def test_equality_chain_20001_variables_solves_and_matches_closed_form_gradient():
+    """Equality-only chain at N = 10,000 (the size the fused-reduction bug hit): accepted as SOLVED,
+    and ∇_p wᵀx* equal to the closed form -(∂R/∂p)ᵀ K⁻ᵀ (w, 0) of the linear KKT system K (x, ν) = R(p)."""
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    N = 10_000
+    n = 2 * N + 1
+    x0, p, _ = chain_data(N)
+    w = jnp.asarray(np.random.default_rng(4).standard_normal(n))
+
+    def loss(p):
+        return jnp.vdot(w, kb.solve_nlp(chain_f, x0, p, eq=chain_eq, **TIGHT).x)
+
+    sol = kb.solve_nlp(chain_f, x0, p, eq=chain_eq, **TIGHT)
+    assert int(sol.status) == int(kb.Status.SOLVED)
+    assert float(sol.diagnostics.residual) < 1e-12
+    grad = jax.jit(jax.grad(loss))(p)
+    # K = [[H, Jᵀ], [J, 0]] with H = diag(2 (states), 0.2 (controls)); J: h_0 = s_0 - p_0,
+    # h_{i+1} = s_{i+1} - s_i - u_i. The p-dependence: ∇f has -2 t_i on the state rows, h_0 has -p_0.
+    H = sp.diags(np.concatenate([np.full(N + 1, 2.0), np.full(N, 0.2)]))
+    i = np.arange(N)
+    J = sp.vstack([sp.csr_matrix(([1.0], ([0], [0])), shape=(1, n)),
+                   sp.csr_matrix((np.concatenate([np.ones(N), -np.ones(N), -np.ones(N)]),
+                                  (np.tile(i, 3), np.concatenate([i + 1, i, N + 1 + i]))), shape=(N, n))])
+    K = sp.bmat([[H, J.T], [J, None]]).tocsc()
+    dR = sp.lil_matrix((n + N + 1, N + 2))
+    dR[np.arange(N + 1), np.arange(1, N + 2)] = -2.0
+    dR[n, 0] = -1.0
+    y = spla.spsolve(K.T, np.concatenate([np.asarray(w), np.zeros(N + 1)]))
+    expected = -(dR.tocsr().T @ y)
+    assert rel_err(grad, expected) < 1e-9  # a linear KKT system: both sides are direct solves
