@@ -23,6 +23,7 @@ class ClarabelQP(Adapter):
     name = "user-clarabel-qp"
     kind = "qp"
     REQUIRED_MODULES = ("clarabel", "scipy")
+    SHARED_SUITE = True  # tests/bridges/test_shared_suite.py runs its QP problems with it too
 
     def solve_one(self, data: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
         import clarabel

@@ -1,8 +1,14 @@
 """The shared problem suite: every registered adapter runs it automatically, by problem kind.
 
 Registering a new solver in ``kktbridge.adapters._REGISTRY`` adds it here with no test changes:
-each problem below has a closed-form solution and Jacobian, checked in float64.
+each problem below has a closed-form solution and Jacobian, checked in float64. Adapters defined
+in tests (``Adapter`` subclasses passed as ``solver=``, never registered) join the suite by
+setting the class attribute ``SHARED_SUITE = True``: the test modules that do so are imported
+here and their adapters run every problem of their kind.
 """
+
+import importlib
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +16,7 @@ import numpy as np
 import pytest
 
 import kktbridge as kb
-from kktbridge.adapters import _REGISTRY, available_solvers, get_adapter
+from kktbridge.adapters import _REGISTRY, Adapter, available_solvers, get_adapter
 from kktbridge.core._cones import CONES
 from tests._peers import peer
 
@@ -23,6 +29,10 @@ OPTIONAL = {"clarabel": "clarabel", "daqp": "daqp", "proxsuite": "proxsuite", "p
 
 def _kind(name):
     """The adapter's problem kind, without swallowing a broken import (unlike available_solvers)."""
+    if isinstance(name, Adapter):  # an adapter defined in a test: its modules are optional peers
+        for module in type(name).REQUIRED_MODULES:
+            peer(module)
+        return name.kind
     if name in OPTIONAL:
         peer(OPTIONAL[name])
     return get_adapter(name).kind
@@ -35,13 +45,41 @@ KNOWN_BUGS: dict = {}
 
 def _params(kind):
     return [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=kb.SolverError, reason=KNOWN_BUGS[kind, n])) if (kind, n) in KNOWN_BUGS else n
+        pytest.param(n, id=_name(n), marks=[pytest.mark.xfail(strict=True, raises=kb.SolverError, reason=KNOWN_BUGS[kind, n])] if (kind, n) in KNOWN_BUGS else [])
         for n in registered(kind)
     ]
 
 
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def _test_defined_adapters() -> list:
+    """Instances of the adapters that test modules opt into this suite (``SHARED_SUITE = True``).
+
+    The opting modules are found by their source text and imported, so the suite sees them
+    whatever the collection order or selection; ``OPTIONAL`` peers they need may skip as usual.
+    """
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("test_*.py")):
+        if path.resolve() != Path(__file__).resolve() and "SHARED_SUITE = True" in path.read_text():
+            importlib.import_module(".".join(path.relative_to(root.parent).with_suffix("").parts))
+    found = {cls for cls in _subclasses(Adapter) if cls.__dict__.get("SHARED_SUITE") is True}
+    return [cls() for cls in sorted(found, key=lambda c: c.name)]
+
+
+def _name(solver) -> str:
+    return solver if isinstance(solver, str) else solver.name
+
+
+TEST_ADAPTERS = _test_defined_adapters()
+
+
 def registered(kind):
-    """Every registered adapter of ``kind`` (a broken adapter is collected and fails, not dropped)."""
+    """Every registered adapter of ``kind`` (a broken adapter is collected and fails, not dropped),
+    then the test-defined adapters of that kind (instances, see :func:`_test_defined_adapters`)."""
     out = []
     for name in _REGISTRY:
         try:
@@ -50,7 +88,7 @@ def registered(kind):
         except BaseException:  # noqa: BLE001 -- surfaced by test_every_registered_adapter_imports
             pass
         out.append(name)
-    return out
+    return out + [a for a in TEST_ADAPTERS if a.kind == kind]
 
 
 def simplex_projection_and_jacobian(y):
@@ -212,7 +250,7 @@ def test_every_cone_kind_has_a_problem():
 
 
 def _cone_params():
-    return [pytest.param(solver, name, id=f"{solver}-{name}") for solver in registered("conic") for name in CONE_PROBLEMS]
+    return [pytest.param(solver, name, id=f"{_name(solver)}-{name}") for solver in registered("conic") for name in CONE_PROBLEMS]
 
 
 @pytest.mark.parametrize("solver, name", _cone_params())
