@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from kktbridge.adapters._base import Adapter, HostSolution
-from kktbridge.core._cones import ConeSpec, cone_blocks, parse_cone
+from kktbridge.core._cones import ALL_CONE_KINDS, ConeSpec, cone_blocks, parse_cone
 from kktbridge.core._status import Status
 
 #: ``clarabel.SolverStatus`` names (0.11 defines exactly these) -> :class:`Status`.
@@ -176,10 +176,8 @@ class ClarabelAdapter(Adapter):
     kind: ClassVar[str] = "conic"
     status_map: ClassVar[Mapping[str, Status]] = _STATUS
     REQUIRED_MODULES: ClassVar[tuple[str, ...]] = ('clarabel', 'scipy')
-    #: Cone kinds of an SCS cone dictionary this solver accepts (the shared test suite runs one
-    #: problem per kind; the kinds are those of ``kktbridge.core._cones.CONES``); the keys of
-    #: :func:`_clarabel_cones`.
-    CONES: ClassVar[frozenset] = frozenset({"zero", "nonnegative", "soc", "psd", "exp", "exp_dual", "power"})
+    #: Cone kinds accepted (every kind: :func:`_clarabel_cones` translates each one).
+    CONES: ClassVar[frozenset] = ALL_CONE_KINDS
 
     def map_status(self, native: Any) -> Status:
         # SolverStatus members print as their names ("Solved", ...); key by name so that the map

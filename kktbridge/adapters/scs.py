@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Mapping, Optional, Sequence
 import numpy as np
 
 from kktbridge.adapters._base import ChunkedAdapter, HostSolution
+from kktbridge.core._cones import ALL_CONE_KINDS
 from kktbridge.core._status import Status
 
 # SCS 3.x ``info["status_val"]`` codes (``scs.SOLVED`` etc.; include/glbopts.h).
@@ -65,10 +66,8 @@ class SCSAdapter(ChunkedAdapter):
     kind: ClassVar[str] = "conic"
     status_map: ClassVar[Mapping[int, Status]] = _STATUS
     REQUIRED_MODULES: ClassVar[tuple[str, ...]] = ('scs', 'scipy')
-    #: Cone kinds of an SCS cone dictionary this solver accepts (the shared test suite runs one
-    #: problem per kind; the kinds are those of ``kktbridge.core._cones.CONES``). SCS takes the cone
-    #: dictionary as it is: no translation table.
-    CONES: ClassVar[frozenset] = frozenset({"zero", "nonnegative", "soc", "psd", "exp", "exp_dual", "power"})
+    #: Cone kinds accepted (every kind: SCS takes the cone dictionary as it is).
+    CONES: ClassVar[frozenset] = ALL_CONE_KINDS
 
     #: SCS 3.x settings (``scs.SCS(data, cone, **settings)``).
     SETTINGS: ClassVar[tuple[str, ...]] = (

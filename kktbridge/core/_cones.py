@@ -55,6 +55,7 @@ __all__ = [
     "ConeSpec",
     "Cone",
     "CONES",
+    "ALL_CONE_KINDS",
     "cone_blocks",
     "parse_cone",
     "cone_dim",
@@ -502,6 +503,8 @@ CONES: tuple[Cone, ...] = (
 )
 assert tuple(c.key for c in CONES) == ConeSpec._fields, "CONES and ConeSpec must list the same keys in order"
 _COUNT_KEYS = tuple(c.key for c in CONES if c.parse is _count)
+#: Every cone kind: what an adapter that takes the whole cone dictionary declares as its ``CONES``.
+ALL_CONE_KINDS = frozenset(c.kind for c in CONES)
 _KEYS = tuple(c.key for c in CONES) + tuple(_ALIASES)
 
 
