@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from kktbridge.core._cones import (
+    CONES,
+    ConeSpec,
+    cone_blocks,
+    cone_dim,
     cone_projection,
     parse_cone,
     project_exp,
@@ -215,3 +219,36 @@ def test_parse_cone_sizes_must_add_up():
     assert parse_cone({"l": 2, "q": [3], "s": [2], "ep": 1, "p": [0.5]}, m=2 + 3 + 3 + 3 + 3).dim == 14
     with pytest.raises(ValueError, match="cone.*A has 5 rows"):
         parse_cone({"l": 2, "q": [4]}, m=5)
+
+
+# --------------------------------------------------------------------------- the cone records
+#: One cone-dictionary entry per record (the dual power cone is a power block with α < 0).
+RECORD_ENTRIES = {"z": 3, "l": 2, "q": [3, 3, 4], "s": [2, 3], "ep": 2, "ed": 1, "p": [0.3, -0.6]}
+
+
+def test_every_record_has_an_entry_and_blocks_add_up():
+    assert {c.key for c in CONES} == set(RECORD_ENTRIES) and [c.key for c in CONES] == list(ConeSpec._fields)
+    spec = parse_cone(RECORD_ENTRIES)
+    sizes = [size for _, size, _ in cone_blocks(spec)]
+    assert sizes == [3, 2, 3, 3, 4, 3, 6, 3, 3, 3, 3, 3] and cone_dim(spec) == sum(sizes) == 39
+
+
+@pytest.mark.parametrize("cone", CONES, ids=lambda c: c.kind)
+def test_record_projections_satisfy_moreau(cone):
+    # v = Π_K(v) - Π_K*(-v) with Π_K(v) ⟂ Π_K*(-v), block by block, for each record's entry.
+    rng = np.random.default_rng(3)
+    spec = parse_cone({cone.key: RECORD_ENTRIES[cone.key]})
+    for c, size, param in cone_blocks(spec):
+        assert c is cone
+        for _ in range(5):
+            v = jnp.asarray(rng.normal(size=size))
+            p, d = cone.project(v, param), cone.project_dual(-v, param)
+            np.testing.assert_allclose(p - d, v, rtol=1e-10, atol=1e-10)
+            assert abs(float(jnp.vdot(p, d))) <= 1e-9 * (1 + float(jnp.vdot(v, v)))
+    # and the whole-dictionary projection is the records' projections side by side
+    v = jnp.asarray(rng.normal(size=cone_dim(spec)))
+    i, parts = 0, []
+    for c, size, param in cone_blocks(spec):
+        parts.append(c.project(v[i : i + size], param))
+        i += size
+    np.testing.assert_allclose(cone_projection(spec)(v), jnp.concatenate(parts), rtol=1e-14, atol=1e-14)
