@@ -229,6 +229,9 @@ def test_torch_func_grad_and_jacrev_match_closed_form():
     g_c, g_t = torch.func.grad(lambda c, t: (layer(c, t)[0] * w).sum(), argnums=(0, 1))(c, t)
     np.testing.assert_allclose(g_c.numpy(), soc_jacobian_c(c0, t0).T @ w.numpy(), rtol=RTOL, atol=1e-12)
     np.testing.assert_allclose(float(g_t), -(w.numpy() @ c0) / np.linalg.norm(c0), rtol=RTOL)  # ∂x*/∂t = -c/‖c‖
+    x, pullback = torch.func.vjp(lambda c: layer(c, t)[0], c)
+    np.testing.assert_allclose(x.numpy(), soc_solution(c0, t0), rtol=RTOL)
+    np.testing.assert_allclose(pullback(w)[0].numpy(), soc_jacobian_c(c0, t0).T @ w.numpy(), rtol=RTOL, atol=1e-12)
     J = torch.func.jacrev(lambda c: layer(c, t)[0])(c)  # vmap of the backward over a basis
     np.testing.assert_allclose(J.numpy(), soc_jacobian_c(c0, t0), rtol=RTOL, atol=1e-12)
 
