@@ -214,9 +214,10 @@ class BridgePlan:
     * ``fallback(args, extra) -> z`` — a point where ``residual`` is finite, used to linearise
       failed instances;
     * ``finish(z, values, args, status, iterations, diagnostics) -> solution``;
-    * optionally ``jacobian(z, args, activity) -> ∂₁F`` as a dense matrix in flat coordinates,
-      when the bridge knows it in closed form (QPs): the backward then assembles it directly
-      instead of from one JVP of ``residual`` per unknown.
+    * optionally ``jacobian(z, args, activity) -> ∂₁F`` in flat coordinates, when the bridge knows
+      it in closed form (QPs): a dense matrix, or the data of ``jacobian_format`` (a
+      :class:`~kktbridge.core._structured.MatrixFormat`); the backward then uses it instead of one
+      JVP of ``residual`` per unknown.
     """
 
     adapter: Any
@@ -230,6 +231,7 @@ class BridgePlan:
     finish: Callable
     policy: Policy
     jacobian: Optional[Callable] = None
+    jacobian_format: Any = None
     stages: dict = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -277,7 +279,9 @@ def _kkt_condition(plan: BridgePlan, z: PyTree, args: Any, activity: Any) -> jax
 
     z_flat, unravel = ravel_pytree(z)
     if plan.jacobian is not None:
-        J = plan.jacobian(z, args, activity)
+        from kktbridge.core._structured import DENSE
+
+        J = (plan.jacobian_format or DENSE).dense(plan.jacobian(z, args, activity))
     else:
         J = jax.jacfwd(lambda v: ravel_pytree(plan.residual(unravel(v), args, activity))[0])(z_flat)
     return jnp.linalg.cond(J) if J.size else jnp.ones((), J.dtype)
@@ -314,6 +318,7 @@ def _diff_stage(plan: BridgePlan) -> Callable:
             valid=ok,
             fallback=plan.fallback(args, extra),
             jacobian=None if plan.jacobian is None else (lambda zz, a, act: plan.jacobian(zz, a, act)),
+            jacobian_format=plan.jacobian_format,
         )
         return plan.finish(z, values, args, status, iters, diag)
 

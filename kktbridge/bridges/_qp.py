@@ -32,6 +32,7 @@ from kktbridge.bridges._common import (
     warn_if_truncated,
 )
 from kktbridge.core._kkt import KKTPoint, kkt_activity, kkt_residual
+from kktbridge.core._structured import QP_KKT, qp_kkt_dense
 
 
 class QPSolution(NamedTuple):
@@ -91,30 +92,21 @@ _QP_CHECK = kkt_activity(
 )
 
 
-def _qp_kkt_matrix(z: KKTPoint, data, active: jax.Array) -> jax.Array:
-    r"""``∂_z F`` of :data:`_QP_KKT` in closed form (flat order ``x, ν, λ``), for the backward.
-
-    .. math::
-
-       \begin{pmatrix} P_s & A^\top & (D_f G)^\top \\ A & 0 & 0 \\ -D_a D_f G & 0 & I - D_a \end{pmatrix}
-
-    with ``P_s = (P + Pᵀ)/2``, ``D_a`` the active rows (``kkt_activity``) and ``D_f`` the rows with
-    a finite ``h`` (``h_i = +inf`` is an absent constraint, constant in the residual). Assembling it
-    replaces ``n + m`` JVPs of the residual (and their transposes in reverse mode).
+def _qp_kkt_blocks(z: KKTPoint, data, active: jax.Array) -> tuple:
+    """``∂_z F`` of :data:`_QP_KKT` in closed form, as the blocks of
+    :func:`kktbridge.core._structured.qp_kkt_dense`: ``(P_s, A, G_f, d)`` with ``P_s = (P + Pᵀ)/2``,
+    ``G_f`` = ``G`` with the absent rows (``h_i = +inf``, constant in the residual) zeroed, and
+    ``d`` the active rows (``kkt_activity``). The backward solves with them by a Schur complement
+    (:class:`~kktbridge.core._structured.QPKKTFormat`) instead of ``n + m`` JVPs and a dense LU.
     """
     P, _, A, _, G, h = data
-    n, p, m = P.shape[0], A.shape[0], G.shape[0]
-    dtype = P.dtype
-    d = (active > 0.5).astype(dtype)
-    Gf = jnp.where(jnp.isfinite(h)[:, None], G, 0)
-    zeros = lambda r, c: jnp.zeros((r, c), dtype)  # noqa: E731
-    return jnp.block(
-        [
-            [0.5 * (P + P.T), A.T, Gf.T],
-            [A, zeros(p, p), zeros(p, m)],
-            [-d[:, None] * Gf, zeros(m, p), jnp.diag(1 - d)],
-        ]
-    )
+    d = (active > 0.5).astype(P.dtype)
+    return 0.5 * (P + P.T), A, jnp.where(jnp.isfinite(h)[:, None], G, 0), d
+
+
+def _qp_kkt_matrix(z: KKTPoint, data, active: jax.Array) -> jax.Array:
+    """The dense KKT matrix ``∂_z F`` (flat order ``x, ν, λ``) of :func:`_qp_kkt_blocks`."""
+    return qp_kkt_dense(_qp_kkt_blocks(z, data, active))
 
 
 class _Coords(NamedTuple):
@@ -285,7 +277,7 @@ def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: boo
         out_spec["solver"] = jax.ShapeDtypeStruct((), dtype)
 
     if coords is None:
-        residual, check, jacobian = _QP_KKT, _QP_CHECK, _qp_kkt_matrix
+        residual, check, jacobian = _QP_KKT, _QP_CHECK, _qp_kkt_blocks
     else:
         objective, eq, ineq, row_norms = _sparse_functions(coords)
         residual, check, jacobian = kkt_residual(objective, eq, ineq), kkt_activity(objective, eq, ineq, row_norms), None
@@ -325,6 +317,7 @@ def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: boo
         check=lambda z, args: check(z, args),
         residual=lambda z, args, active: residual(z, args, active=active),
         jacobian=jacobian,
+        jacobian_format=QP_KKT if jacobian is not None else None,
         fallback=fallback,
         finish=finish,
         policy=policy,

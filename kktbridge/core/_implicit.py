@@ -34,7 +34,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from kktbridge.core import _jax_compat  # noqa: F401  (speeds up eager jax.jacrev; see the module)
-from kktbridge.core._linear_solve import DENSE_MAX_SIZE, LinearSolver, dense_robust_solver, resolve_solver, solve_auto
+from kktbridge.core._linear_solve import DENSE_MAX_SIZE, LinearSolver, resolve_solver, solve_auto
+from kktbridge.core._structured import DENSE, DenseFormat, MatrixFormat
 
 PyTree = Any
 
@@ -100,6 +101,7 @@ def _root_tangent(
     solve: LinearSolver,
     valid: Optional[jax.Array] = None,
     jacobian: Optional[Callable] = None,
+    jacobian_format: Optional[MatrixFormat] = None,
 ) -> PyTree:
     """Tangent of the root: solve ``(∂₁F) ż = -(∂₂F) θ̇``.
 
@@ -107,14 +109,15 @@ def _root_tangent(
     as its system matrix, so no NaN from its (failed) point can enter a shared factorisation or a
     shared parameter's cotangent, and its own tangent is poisoned by :func:`_poison`.
 
-    With ``jacobian`` (``(sol, *args) -> ∂₁F`` as a dense matrix in flat coordinates), the matrix is
-    taken from it instead of being materialised column by column from JVPs of ``F``.
+    With ``jacobian`` (``(sol, *args) -> ∂₁F`` in flat coordinates: a dense matrix, or the data of
+    ``jacobian_format``), the matrix is taken from it instead of being materialised column by
+    column from JVPs of ``F``.
     """
     if valid is not None:
         F = _depend_on_all_args(F, valid)
     _, rhs = jax.jvp(lambda *a: F(sol, *a), tuple(args), tuple(args_dot))
     if jacobian is not None:
-        tangent = _matrix_solve(jacobian(sol, *args), _tree_neg(rhs), solve, valid)
+        tangent = _matrix_solve(jacobian(sol, *args), jacobian_format or DENSE, _tree_neg(rhs), solve, valid)
         if tangent is not None:
             return tangent if valid is None else _poison(tangent, valid)
     _, matvec = jax.linearize(lambda s: F(s, *args), sol)
@@ -128,31 +131,37 @@ def _root_tangent(
     return tangent if valid is None else _poison(tangent, valid)
 
 
-def _matrix_solve(J: jax.Array, b: PyTree, solve: LinearSolver, valid: Optional[jax.Array]) -> Optional[PyTree]:
-    """``J^{-1} b`` with an explicitly assembled ``J`` (flat coordinates of ``b``), or ``None``.
+def _matrix_solve(data: Any, fmt: MatrixFormat, b: PyTree, solve: LinearSolver, valid: Optional[jax.Array]) -> Optional[PyTree]:
+    """``J^{-1} b`` with ``J`` given explicitly (``data`` in ``fmt``, flat coordinates of ``b``), or ``None``.
 
-    The default solver factors ``J`` directly (robust LU with the minimum-norm fallback of
-    :func:`solve_auto`); its transpose solve factors ``Jᵀ``, so reverse mode never builds ``Jᵀ``
-    from transposed JVPs. A user-chosen solver gets the matvec ``v ↦ J v``. Above the dense size
-    limit the explicit matrix is not used (``None``: the caller goes matrix-free).
+    The default solver uses the format's own solves (dense: robust LU with the minimum-norm
+    fallback of :func:`solve_auto`, and an LU of ``Jᵀ`` for the transpose, so reverse mode never
+    builds ``Jᵀ`` from transposed JVPs). A user-chosen solver gets the matvec ``v ↦ J v``. A
+    dense matrix above the dense size limit is not used (``None``: the caller goes matrix-free).
     """
     b_flat, unravel = ravel_pytree(b)
     size = b_flat.shape[0]
-    if J.shape != (size, size):
-        raise ValueError(f"jacobian: expected a ({size}, {size}) matrix in the flat coordinates of the solution, got {J.shape}")
-    if size > DENSE_MAX_SIZE and solve is solve_auto:
-        return None
-    J = J.astype(b_flat.dtype)
-    if valid is not None:
-        J = jnp.where(valid, J, jnp.eye(size, dtype=J.dtype))
+    if isinstance(fmt, DenseFormat):
+        if data.shape != (size, size):
+            raise ValueError(f"jacobian: expected a ({size}, {size}) matrix in the flat coordinates of the solution, got {data.shape}")
+        if size > DENSE_MAX_SIZE and solve is solve_auto:
+            return None
+    data = jax.tree_util.tree_map(lambda a: a.astype(b_flat.dtype) if jnp.issubdtype(a.dtype, jnp.inexact) else a, data)
+
+    def keep(out, v):  # a failed instance's system is the identity (see _root_tangent)
+        return out if valid is None else jnp.where(valid, out, v)
+
+    matvec = lambda v: keep(fmt.matvec(data, v), v)  # noqa: E731
     if solve is solve_auto:
-        dense = dense_robust_solver()
         x = jax.lax.custom_linear_solve(
-            lambda v: J @ v, b_flat, solve=lambda _, r: dense(J, r), transpose_solve=lambda _, r: dense(J.T, r)
+            matvec,
+            b_flat,
+            solve=lambda _, r: keep(fmt.solve(data, r), r),
+            transpose_solve=lambda _, r: keep(fmt.transpose_solve(data, r), r),
         )
     else:
         x = jax.lax.custom_linear_solve(
-            lambda v: J @ v, b_flat, solve=lambda mv, r: solve(mv, r), transpose_solve=lambda vm, r: solve(vm, r)
+            matvec, b_flat, solve=lambda mv, r: solve(mv, r), transpose_solve=lambda vm, r: solve(vm, r)
         )
     return unravel(x)
 
@@ -208,7 +217,8 @@ def implicit_solution(
     *,
     valid: Optional[Any] = None,
     fallback: Optional[PyTree] = None,
-    jacobian: Optional[Callable[..., jax.Array]] = None,
+    jacobian: Optional[Callable[..., Any]] = None,
+    jacobian_format: Optional[MatrixFormat] = None,
 ) -> PyTree:
     """Return ``sol`` unchanged, but differentiable w.r.t. ``args`` through ``optimality_fun``.
 
@@ -232,6 +242,9 @@ def implicit_solution(
         Jacobian is known in closed form (a QP's KKT matrix): it replaces ``N`` JVPs of ``F``
         and, in reverse mode, ``N`` transposed JVPs. It must equal ``jax.jacobian(F)``; it is
         differentiated like ``F`` for higher-order derivatives.
+      jacobian_format: how to read ``jacobian``'s output when it is not a dense matrix (a
+        :class:`~kktbridge.core._structured.MatrixFormat`, e.g. a QP's KKT blocks with a Schur
+        complement solve shared across a batch).
     """
     solve = resolve_solver(solve)
     if not isinstance(args, tuple):
@@ -258,7 +271,7 @@ def implicit_solution(
     F_dyn = with_args(optimality_fun)
     J_dyn = None if jacobian is None else with_args(jacobian)
     if not getattr(_TRACING, "inside", False):
-        return _compiled_implicit(F_dyn, sol, dyn_leaves, solve, valid, fallback, J_dyn)
+        return _compiled_implicit(F_dyn, sol, dyn_leaves, solve, valid, fallback, J_dyn, jacobian_format)
     # Closed-over arrays of F (and of its Jacobian) become explicit arguments: derivatives with
     # respect to them are implicit too.
     F_conv, f_consts = jax.closure_convert(F_dyn, sol, dyn_leaves)
@@ -286,7 +299,9 @@ def implicit_solution(
             # Re-enter the identity so that, when this rule is itself differentiated (second order),
             # the solution it linearises at carries implicit derivatives as well.
             s = ident(s, leaves, consts)
-            return s, _root_tangent(F_flat, s, (leaves, consts), (leaves_dot, consts_dot), solve, jacobian=J_flat)
+            return s, _root_tangent(
+                F_flat, s, (leaves, consts), (leaves_dot, consts_dot), solve, jacobian=J_flat, jacobian_format=jacobian_format
+            )
 
         return ident(sol, dyn_leaves, consts)
 
@@ -307,7 +322,7 @@ def implicit_solution(
         _, _, leaves_dot, consts_dot, _ = tangents
         s = ident_masked(s, s_eval, leaves, consts, ok)
         s_lin = ident_masked(s_eval, s_eval, leaves, consts, ok)
-        return s, _root_tangent(F_flat, s_lin, (leaves, consts), (leaves_dot, consts_dot), solve, ok, J_flat)
+        return s, _root_tangent(F_flat, s_lin, (leaves, consts), (leaves_dot, consts_dot), solve, ok, J_flat, jacobian_format)
 
     return ident_masked(sol, sol_eval, dyn_leaves, consts, valid)
 
@@ -319,7 +334,14 @@ _EAGER_LOCK = threading.Lock()
 
 
 def _compiled_implicit(
-    F_dyn: Callable, sol: PyTree, leaves: list, solve: LinearSolver, valid: Any, fallback: Any, J_dyn: Optional[Callable] = None
+    F_dyn: Callable,
+    sol: PyTree,
+    leaves: list,
+    solve: LinearSolver,
+    valid: Any,
+    fallback: Any,
+    J_dyn: Optional[Callable] = None,
+    fmt: Optional[MatrixFormat] = None,
 ) -> PyTree:
     """Route the implicit identity through one ``jax.jit`` per *structure* of ``F``.
 
@@ -333,7 +355,8 @@ def _compiled_implicit(
     """
     closed, out_shape = jax.make_jaxpr(F_dyn, return_shape=True)(sol, leaves)
     out_tree = jax.tree_util.tree_structure(out_shape)
-    closed_J = None if J_dyn is None else jax.make_jaxpr(J_dyn)(sol, leaves)
+    closed_J, J_shape = (None, None) if J_dyn is None else jax.make_jaxpr(J_dyn, return_shape=True)(sol, leaves)
+    J_tree = None if J_shape is None else jax.tree_util.tree_structure(J_shape)
     consts = (list(closed.consts), [] if closed_J is None else list(closed_J.consts))
     in_tree = jax.tree_util.tree_structure((sol, leaves))
 
@@ -343,6 +366,8 @@ def _compiled_implicit(
     key = (
         str(closed.jaxpr),
         None if closed_J is None else str(closed_J.jaxpr),
+        J_tree,
+        id(fmt),
         in_tree,
         out_tree,
         tuple(aval(x) for x in jax.tree_util.tree_leaves((sol, leaves, consts))),
@@ -363,20 +388,27 @@ def _compiled_implicit(
             return jax.tree_util.tree_unflatten(out_tree, jax.core.eval_jaxpr(jaxpr, cs[0], *flat))
 
         def J_args(s, lv, cs):
-            return jax.core.eval_jaxpr(jaxpr_J, cs[1], *jax.tree_util.tree_leaves((s, lv)))[0]
+            return jax.tree_util.tree_unflatten(J_tree, jax.core.eval_jaxpr(jaxpr_J, cs[1], *jax.tree_util.tree_leaves((s, lv))))
 
         def run(s, lv, cs, ok, fb):
             _TRACING.inside = True
             try:
                 return implicit_solution(
-                    F_args, s, (lv, cs), solve, valid=ok, fallback=fb, jacobian=None if jaxpr_J is None else J_args
+                    F_args,
+                    s,
+                    (lv, cs),
+                    solve,
+                    valid=ok,
+                    fallback=fb,
+                    jacobian=None if jaxpr_J is None else J_args,
+                    jacobian_format=fmt,
                 )
             finally:
                 _TRACING.inside = False
 
         fn = jax.jit(run)
         with _EAGER_LOCK:
-            _EAGER_CACHE[key] = (fn, solve)  # keep `solve` alive: its id is part of the key
+            _EAGER_CACHE[key] = (fn, solve, fmt)  # keep `solve`, `fmt` alive: their ids are in the key
             while len(_EAGER_CACHE) > _EAGER_CACHE_SIZE:
                 _EAGER_CACHE.popitem(last=False)
     else:

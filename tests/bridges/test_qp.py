@@ -262,7 +262,7 @@ def test_closed_form_kkt_matrix_equals_the_residual_jacobian():
     """The QP backward's assembled KKT matrix is exactly ∂_z of the residual (absent rows included)."""
     from jax.flatten_util import ravel_pytree
 
-    from kktbridge.bridges._qp import _QP_KKT, _qp_kkt_matrix
+    from kktbridge.bridges._qp import _QP_KKT, _qp_kkt_blocks, _qp_kkt_matrix
     from kktbridge.core._kkt import KKTPoint
 
     rng = np.random.default_rng(7)
@@ -277,6 +277,15 @@ def test_closed_form_kkt_matrix_equals_the_residual_jacobian():
     flat, unravel = ravel_pytree(z)
     J_ad = jax.jacfwd(lambda v: ravel_pytree(_QP_KKT(unravel(v), data, active=active))[0])(flat)
     np.testing.assert_array_equal(_qp_kkt_matrix(z, data, active), J_ad)
+    # The structured (Schur complement) solves agree with dense solves of that matrix.
+    from kktbridge.core._structured import QP_KKT
+
+    active = jnp.asarray([1.0, 0.0, 0.0, 1.0, 0.0, 1.0])  # as kkt_activity returns: absent rows inactive
+    J_ad = jax.jacfwd(lambda v: ravel_pytree(_QP_KKT(unravel(v), data, active=active))[0])(flat)
+    blocks = _qp_kkt_blocks(z, data, active)
+    b = jnp.asarray(rng.normal(size=n + p + m))
+    np.testing.assert_allclose(QP_KKT.solve(blocks, b), jnp.linalg.solve(J_ad, b), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(QP_KKT.transpose_solve(blocks, b), jnp.linalg.solve(J_ad.T, b), rtol=1e-10, atol=1e-12)
 
 
 def test_second_derivatives_through_the_assembled_kkt_matrix():
