@@ -219,3 +219,61 @@ def test_equality_chain_20001_variables_solves_and_matches_closed_form_gradient(
     y = spla.spsolve(K.T, np.concatenate([np.asarray(w), np.zeros(N + 1)]))
     expected = -(dR.tocsr().T @ y)
     assert rel_err(grad, expected) < 1e-9  # a linear KKT system: both sides are direct solves
+
+
+# ---------------------------------------------------------------- activity rule independent of problem size
+def test_activity_of_a_row_does_not_depend_on_how_many_other_rows_there_are():
+    """``min ½‖x - p‖² s.t. x ≤ 0`` at an interior-point-like point ``x = -s``, ``λ = p + s``:
+    row 0 has a small multiplier (2.5e-4) and slack 1e-8 (``λ/s = 2.5e4``: strongly active). Adding
+    10,000 rows with multipliers 100 must not change its activity (a scale summing over rows did)."""
+    from kktbridge.core._kkt import KKTPoint, kkt_activity
+
+    f = lambda x, p: 0.5 * jnp.sum((x - p) ** 2)  # noqa: E731
+    g = lambda x, p: x  # noqa: E731
+    check = kkt_activity(f, None, g)
+    for k in (0, 10_000):
+        p = jnp.concatenate([jnp.array([2.5e-4]), jnp.full(k, 100.0)])
+        s = jnp.full(k + 1, 1e-8)
+        z = KKTPoint(-s, jnp.zeros((0,)), p + s)
+        active = check(z, p)[1]
+        assert float(active[0]) == 1.0, k
+        assert float(jnp.min(active)) == 1.0, k
+
+
+def test_chain_20001_with_bounds_gradient_at_default_tol_matches_closed_form():
+    """At IPOPT's default tol (1e-10) bounds with multipliers ~2.5e-4 keep slacks ~1e-7; they are
+    active (CasADi's sensitivity and finite differences agree). Closed form: the equality-constrained
+    QP with the active bounds as equalities, K (x, ν, z) = R(p), ∇_p wᵀx* = -(∂R/∂p)ᵀ K⁻ᵀ (w, 0, 0)."""
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    N = 10_000
+    n = 2 * N + 1
+    u_max = 20.0 / N
+    x0, p, bounds = chain_data(N, u_max=u_max)
+    w = jnp.asarray(np.random.default_rng(5).standard_normal(n))
+
+    def loss(p):
+        return jnp.vdot(w, kb.solve_nlp(chain_f, x0, p, eq=chain_eq, **bounds).x)
+
+    grad = jax.jit(jax.grad(loss))(p)
+    sol = kb.solve_nlp(chain_f, x0, p, eq=chain_eq, **bounds, **TIGHT)
+    mult = np.asarray(sol.upper_dual + sol.lower_dual)
+    active = np.flatnonzero(mult > 1e-6)
+    assert active.size > 1000 and np.all(np.abs(np.abs(np.asarray(sol.x)[active]) - u_max) < 1e-6)
+    H = sp.diags(np.concatenate([np.full(N + 1, 2.0), np.full(N, 0.2)]))
+    i = np.arange(N)
+    J = sp.vstack([sp.csr_matrix(([1.0], ([0], [0])), shape=(1, n)),
+                   sp.csr_matrix((np.concatenate([np.ones(N), -np.ones(N), -np.ones(N)]),
+                                  (np.tile(i, 3), np.concatenate([i + 1, i, N + 1 + i]))), shape=(N, n)),
+                   sp.csr_matrix((np.ones(active.size), (np.arange(active.size), active)), shape=(active.size, n))])
+    m = J.shape[0]
+    K = sp.bmat([[H, J.T], [J, None]]).tocsc()
+    dR = sp.lil_matrix((n + m, N + 2))
+    dR[np.arange(N + 1), np.arange(1, N + 2)] = -2.0
+    dR[n, 0] = -1.0
+    y = spla.spsolve(K.T, np.concatenate([np.asarray(w), np.zeros(m)]))
+    expected = -(dR.tocsr().T @ y)
+    # Direct solves on both sides; the IFT at tol 1e-10 sees slacks ~1e-7 on the active rows, which
+    # the min-map residual treats exactly (active rows as equalities), so only rounding differs.
+    assert rel_err(grad, expected) < 1e-9
