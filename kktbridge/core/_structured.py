@@ -132,6 +132,26 @@ def _qp_structured(data, b, transpose: bool):
     return z, ok & jnp.all(jnp.isfinite(z))
 
 
+def _qp_matvec(data, v, transpose: bool) -> jax.Array:
+    """``J v`` (or ``Jᵀ v``) from the blocks, never forming ``J``."""
+    Ps, A, Gf, d, p, m = _qp_blocks(data)
+    n = Ps.shape[0]
+    x, nu, lam = v[:n], v[n : n + p], v[n + p :]
+    if transpose:
+        return jnp.concatenate([Ps @ x + A.T @ nu - Gf.T @ (d * lam), A @ x, Gf @ x + (1 - d) * lam])
+    return jnp.concatenate([Ps @ x + A.T @ nu + Gf.T @ lam, A @ x, -d * (Gf @ x) + (1 - d) * lam])
+
+
+def _qp_refined(data, b, transpose: bool):
+    """:func:`_qp_structured`, plus one step of iterative refinement in single precision (where the
+    Schur complement loses digits; as the dense solver's LU does)."""
+    z, ok = _qp_structured(data, b, transpose)
+    if jnp.finfo(b.dtype).bits < 64:
+        dz, ok2 = _qp_structured(data, b - _qp_matvec(data, z, transpose), transpose)
+        z, ok = z + dz, ok & ok2
+    return z, ok
+
+
 def _make_qp_solver(transpose: bool) -> Callable:
     robust = _dense_solver(_robust_kernel, RCOND)
 
@@ -141,14 +161,14 @@ def _make_qp_solver(transpose: bool) -> Callable:
 
     @jax.custom_batching.custom_vmap
     def solve(data, b):
-        z, ok = _qp_structured(data, b, transpose)
+        z, ok = _qp_refined(data, b, transpose)
         return jax.lax.cond(ok, lambda: z, lambda: fallback(data, b))
 
     @solve.def_vmap
     def solve_vmap(axis_size, in_batched, data, b):
         data_b, b_b = in_batched
         axes = (jax.tree_util.tree_map(lambda t: 0 if t else None, data_b), 0 if b_b else None)
-        z, ok = jax.vmap(lambda dd, bb: _qp_structured(dd, bb, transpose), in_axes=axes)(data, b)
+        z, ok = jax.vmap(lambda dd, bb: _qp_refined(dd, bb, transpose), in_axes=axes)(data, b)
         # The dense robust solve only when some member needs it (a vmap-ed cond would run it always).
         z = jax.lax.cond(
             jnp.all(ok),
@@ -168,10 +188,7 @@ class QPKKTFormat:
         self._tsolve = _make_qp_solver(True)
 
     def matvec(self, data, v):
-        Ps, A, Gf, d, p, m = _qp_blocks(data)
-        n = Ps.shape[0]
-        x, nu, lam = v[:n], v[n : n + p], v[n + p :]
-        return jnp.concatenate([Ps @ x + A.T @ nu + Gf.T @ lam, A @ x, -d * (Gf @ x) + (1 - d) * lam])
+        return _qp_matvec(data, v, transpose=False)
 
     def solve(self, data, b):
         return self._solve(data, b)

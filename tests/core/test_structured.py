@@ -54,3 +54,21 @@ def test_dependent_active_constraints_fall_back_to_minimum_norm():
     J = qp_kkt_dense(data)
     b = jnp.asarray(rng.normal(size=J.shape[0]))
     np.testing.assert_allclose(QP_KKT.solve(data, b), DENSE.solve(J, b), rtol=1e-8, atol=1e-10)
+
+
+def test_transposed_matvec_and_single_precision_refinement():
+    from kktbridge.core._structured import _qp_matvec
+
+    data, rng = blocks(seed=3, n=30, p=5, m=20)
+    Ps, A, Gf, d = data
+    d = jnp.asarray(rng.uniform(size=20) > 0.5).astype(Ps.dtype).at[4].set(0.0)
+    data = (Ps, A, Gf, d)
+    J = qp_kkt_dense(data)
+    b = jnp.asarray(rng.normal(size=J.shape[0]))
+    np.testing.assert_allclose(_qp_matvec(data, b, transpose=True), J.T @ b, rtol=1e-12, atol=1e-12)
+    # float32 in: one refinement step brings the Schur-complement solve to single precision's
+    # accuracy times the (moderate, ~1e3) condition number, as for the dense LU.
+    ref = np.linalg.solve(np.asarray(J).T, np.asarray(b))
+    data32 = tuple(a.astype(jnp.float32) for a in data)
+    out = np.asarray(QP_KKT.transpose_solve(data32, b.astype(jnp.float32)), dtype=np.float64)
+    assert np.max(np.abs(out - ref)) <= 1e-4 * np.max(np.abs(ref))
