@@ -51,45 +51,76 @@ _STATUS = {
 DEFAULT_OPTIONS: dict[str, Any] = {"tol": 1e-10, "print_level": 0, "sb": "yes", "max_iter": 3000}
 
 
+class _Pair:
+    """A value and its derivative at the last point, from a value-only and a fused oracle.
+
+    IPOPT asks for a value at every trial point of its line search and for the derivative only at
+    the point it accepts. While trial points keep being accepted (the derivative is asked for at
+    the point of the last value), the fused oracle computes both in one call; after a rejection
+    the value-only oracle is used, so rejected trials never pay for a derivative (a dense
+    constraint Jacobian costs ``n`` JVPs). Outputs are host float64 arrays.
+    """
+
+    def __init__(self, value_fn, both_fn, p):
+        self.value_fn, self.both_fn, self.p = value_fn, both_fn, p
+        self.x = None
+        self.value = self.deriv = None
+        self.fused = True  # the first point is always used (IPOPT starts with value + derivative)
+
+    def _at(self, x) -> bool:
+        return self.x is not None and np.array_equal(self.x, x)
+
+    def _both(self, x):
+        v, d = self.both_fn(x, self.p)
+        self.x, self.value, self.deriv = np.array(x, copy=True), np.asarray(v, dtype=np.float64), np.asarray(d, dtype=np.float64)
+
+    def get_value(self, x) -> np.ndarray:
+        if not self._at(x):
+            if self.fused:
+                self._both(x)
+            else:
+                self.x, self.value, self.deriv = np.array(x, copy=True), np.asarray(self.value_fn(x, self.p), dtype=np.float64), None
+            # Until the derivative at this point is asked for, the point counts as rejected.
+            self.fused = False
+        return self.value
+
+    def get_deriv(self, x) -> np.ndarray:
+        if not self._at(x) or self.deriv is None:
+            self._both(x)
+        self.fused = True
+        return self.deriv
+
+
 class _Problem:
     """cyipopt problem object evaluating the compiled oracles at fixed parameters ``p``.
 
-    ``objective``/``gradient`` and ``constraints``/``jacobian`` share one compiled evaluation
-    per point ``x`` (the last one is remembered), halving oracle dispatches per iteration.
+    ``objective``/``gradient`` and ``constraints``/``jacobian`` each share a :class:`_Pair`:
+    one fused evaluation per accepted point, values alone at rejected trial points. ``p`` is
+    moved to the device once, not at every oracle call.
     """
 
     def __init__(self, oracles: "NLPOracles", p: np.ndarray):
-        self.o, self.p = oracles, p
+        import jax
+
+        self.o, self.p = oracles, jax.device_put(p)
         self.iterations = 0
-        self._fg: tuple = (None, None, None)
-        self._cj: tuple = (None, None, None)
-
-    def _f_grad(self, x):
-        if self._fg[0] is None or not np.array_equal(self._fg[0], x):
-            f, g = self.o.f_grad(x, self.p)
-            self._fg = (np.array(x, copy=True), float(f), np.asarray(g, dtype=np.float64))
-        return self._fg
-
-    def _c_jac(self, x):
-        if self._cj[0] is None or not np.array_equal(self._cj[0], x):
-            c, J = self.o.c_jac(x, self.p)
-            self._cj = (np.array(x, copy=True), np.asarray(c, dtype=np.float64), np.asarray(J, dtype=np.float64))
-        return self._cj
+        self._fg = _Pair(oracles.f, oracles.f_grad, self.p)
+        self._cj = _Pair(oracles.c, oracles.c_jac, self.p)
 
     def objective(self, x):
-        return self._f_grad(x)[1]
+        return float(self._fg.get_value(x))
 
     def gradient(self, x):
-        return self._f_grad(x)[2]
+        return self._fg.get_deriv(x)
 
     def constraints(self, x):
-        return self._c_jac(x)[1]
+        return self._cj.get_value(x)
 
     def jacobianstructure(self):
         return self.o.jac_rows, self.o.jac_cols
 
     def jacobian(self, x):
-        return self._c_jac(x)[2]
+        return self._cj.get_deriv(x)
 
     def hessianstructure(self):
         return self.o.hess_rows, self.o.hess_cols

@@ -231,8 +231,8 @@ def solve_nlp(
         Hessian once per problem structure, gives IPOPT sparse oracles evaluated by colored
         JVPs/HVPs, and differentiates through a sparse LU of the KKT matrix (``O(nnz)`` memory; see
         :mod:`kktbridge.core._sparsity`). ``False`` keeps everything dense. ``None`` (default)
-        chooses sparse from 1000 variables when the detected KKT pattern fills at most 5% of the
-        dense matrix. An explicit ``solve`` is still used for the derivative on either path.
+        chooses sparse from 64 variables (``_sparsity.SPARSE_MIN_SIZE``) when the detected KKT pattern
+        fills at most 5% of the dense matrix. An explicit ``solve`` is still used for the derivative on either path.
       **options: passed to the solver (for IPOPT: ``tol``, ``max_iter``, ``print_level``,
         ``hessian_approximation``, ...). Defaults: ``tol=1e-10`` (``1e-5`` for float32 data),
         ``print_level=0``. Unknown or ill-typed options raise ``ValueError`` before any solve.
