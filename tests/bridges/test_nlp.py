@@ -293,3 +293,29 @@ def test_nlp_solution_record():
     # A pytree: flattens and rebuilds with the x structure of x0.
     leaves, tree = jax.tree_util.tree_flatten(s)
     assert isinstance(jax.tree_util.tree_unflatten(tree, leaves), kb.NLPSolution)
+
+
+def test_ipopt_oracle_pair_skips_derivatives_at_rejected_trial_points():
+    """The adapter's value/derivative cache: a fused call while trial points are accepted, values
+    alone after a rejection, and every answer equal to the oracle's at the point asked."""
+    from kktbridge.adapters.ipopt import _Pair
+
+    calls = []
+
+    def value(x, p):
+        calls.append("value")
+        return np.sum(x**2)
+
+    def both(x, p):
+        calls.append("both")
+        return np.sum(x**2), 2 * x
+
+    pair = _Pair(value, both, None)
+    x0, x1, x2 = np.array([1.0, 2.0]), np.array([0.5, 1.0]), np.array([0.25, 0.5])
+    assert pair.get_value(x0) == 5.0
+    np.testing.assert_array_equal(pair.get_deriv(x0), 2 * x0)  # accepted: served by the fused call
+    assert pair.get_value(x1) == 1.25  # fused (the last trial was accepted) ...
+    assert pair.get_value(x2) == 0.3125  # ... x1 rejected: value alone
+    np.testing.assert_array_equal(pair.get_deriv(x2), 2 * x2)
+    np.testing.assert_array_equal(pair.get_deriv(x2), 2 * x2)  # cached
+    assert calls == ["both", "both", "value", "both"]
