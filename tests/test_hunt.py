@@ -113,12 +113,13 @@ def active_set_derivative(data, sol, active, d):
     return dz[:n], dz[n : n + m_eq], dlam
 
 
-def qp_flat(data):
-    s = kb.solve_qp(**data)
+def qp_flat(data, solver="auto"):
+    s = kb.solve_qp(**data, solver=solver)
     return jnp.concatenate([s.x, s.eq_dual, s.ineq_dual])
 
 
 _qp_jvp = jax.jit(lambda data, d: jax.jvp(qp_flat, (data,), (d,)))
+_qp_jvp_osqp = jax.jit(lambda data, d: jax.jvp(lambda dd: qp_flat(dd, "osqp"), (data,), (d,)))
 _qp_vjp = jax.jit(lambda data, w: jax.vjp(qp_flat, data)[1](w)[0])
 _qp_values = jax.jit(qp_flat)
 
@@ -195,17 +196,24 @@ def test_hunt_qp_duplicated_active_row(examples):
         rng = np.random.default_rng(seed + 3)
         d = random_direction(rng, data, keys=("q", "b", "h"))
         d["h"][-1] = d["h"][0]  # perturb both copies alike: the rows stay duplicates
-        _, dz = _qp_jvp(data, d)
-        dz = np.asarray(dz)
-        assert np.all(np.isfinite(dz))
         dx, dnu, dlam = active_set_derivative(data, (x, nu, lam), active, d)
         n, m_eq = len(x), len(nu)
-        assert rel_err(dz[:n], dx) < 1e-6  # the primal derivative is unique
-        # The multiplier of the duplicated constraint is shared: the total is unique, and the
-        # minimum-norm derivative splits it equally between the copies.
-        dl = dz[n + m_eq :]
-        assert rel_err(np.array([dl[0] + dl[-1]]), np.array([dlam[0]])) < 1e-6
-        np.testing.assert_allclose(dl[0], dl[-1], atol=1e-9 * max(1.0, abs(dlam[0])))
+        # Default solver (DAQP, active-set: it may put the whole multiplier on one copy, which is
+        # then weakly active and keeps a zero derivative) and OSQP (splits it between the copies).
+        for jvp in (_qp_jvp, _qp_jvp_osqp):
+            z, dz = (np.asarray(a) for a in jvp(data, d))
+            assert np.all(np.isfinite(dz))
+            assert rel_err(dz[:n], dx) < 1e-6  # the primal derivative is unique
+            # The multiplier of the duplicated constraint is shared: the total is unique.
+            dl = dz[n + m_eq :]
+            assert rel_err(np.array([dl[0] + dl[-1]]), np.array([dlam[0]])) < 1e-6
+            lam0, lam1 = z[n + m_eq], z[-1]
+            if min(lam0, lam1) > 1e-6 * max(lam0, lam1):
+                # Both copies carry multiplier: the minimum-norm derivative splits the change equally.
+                np.testing.assert_allclose(dl[0], dl[-1], atol=1e-9 * max(1.0, abs(dlam[0])))
+            else:
+                # One copy carries it all: the other stays at zero (its inactive branch).
+                assert dl[0] == 0.0 if lam0 <= lam1 else dl[-1] == 0.0
 
 
 
