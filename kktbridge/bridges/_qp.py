@@ -31,6 +31,9 @@ from kktbridge.bridges._common import (
     structure,
     warn_if_truncated,
 )
+from kktbridge.bridges._sparse import Coords as _Coords
+from kktbridge.bridges._sparse import is_sparse as _is_sparse
+from kktbridge.bridges._sparse import sparse_arg as _sparse_arg
 from kktbridge.core._kkt import KKTPoint, kkt_activity, kkt_residual
 from kktbridge.core._structured import QP_KKT, qp_kkt_dense
 
@@ -107,71 +110,6 @@ def _qp_kkt_blocks(z: KKTPoint, data, active: jax.Array) -> tuple:
 def _qp_kkt_matrix(z: KKTPoint, data, active: jax.Array) -> jax.Array:
     """The dense KKT matrix ``∂_z F`` (flat order ``x, ν, λ``) of :func:`_qp_kkt_blocks`."""
     return qp_kkt_dense(_qp_kkt_blocks(z, data, active))
-
-
-class _Coords(NamedTuple):
-    """Static sparsity pattern of one sparse matrix argument (coordinates in input order)."""
-
-    rows: np.ndarray
-    cols: np.ndarray
-    shape: tuple[int, int]
-
-    def key(self) -> tuple:
-        return (self.shape, self.rows.tobytes(), self.cols.tobytes())
-
-    def matvec(self, data: jax.Array, x: jax.Array) -> jax.Array:
-        """``M @ x`` from the values ``data`` (duplicates add up, as in COO)."""
-        return jax.ops.segment_sum(data * x[self.cols], jnp.asarray(self.rows), num_segments=self.shape[0])
-
-    def row_norms(self, data: jax.Array) -> jax.Array:
-        # Duplicates are summed per entry first, so that a split entry has its true norm.
-        keys, inverse = np.unique(self.rows.astype(np.int64) * self.shape[1] + self.cols, return_inverse=True)
-        merged = jax.ops.segment_sum(data, jnp.asarray(inverse.ravel()), num_segments=keys.size)
-        return jnp.sqrt(jax.ops.segment_sum(merged**2, jnp.asarray(keys // self.shape[1]), num_segments=self.shape[0]))
-
-
-def _is_sparse(M: Any) -> bool:
-    from jax.experimental import sparse as jsparse
-
-    return isinstance(M, jsparse.BCOO) or type(M).__module__.startswith("scipy.sparse")
-
-
-def _sparse_arg(name: str, M: Any, shape: tuple[Optional[int], int], dtype: Any) -> tuple[jax.Array, _Coords]:
-    """Values and static pattern of a sparse (or concrete dense) matrix argument."""
-    from jax.experimental import sparse as jsparse
-
-    if M is None:
-        return jnp.zeros((0,), dtype), _Coords(np.zeros(0, np.int32), np.zeros(0, np.int32), (0, shape[1]))
-    if isinstance(M, jsparse.BCOO):
-        if M.n_batch or M.n_dense or M.ndim != 2:
-            raise ValueError(f"{name}: expected a 2-D BCOO matrix without batch or dense dimensions, got {M}")
-        if not is_concrete(M.indices):
-            raise ValueError(
-                f"{name}: the sparsity pattern (BCOO indices) must be concrete: build the matrix outside jit "
-                "(or close over it) and differentiate through its data"
-            )
-        idx = np.asarray(M.indices)
-        rows, cols, data = idx[:, 0], idx[:, 1], M.data
-        keep = (rows < M.shape[0]) & (cols < M.shape[1])  # BCOO pads with out-of-range indices
-        if not keep.all():
-            rows, cols, data = rows[keep], cols[keep], data[np.nonzero(keep)[0]]
-        mshape = tuple(M.shape)
-    elif _is_sparse(M):
-        c = M.tocoo()
-        rows, cols, data, mshape = np.asarray(c.row), np.asarray(c.col), jnp.asarray(c.data), tuple(c.shape)
-    else:
-        arr = M if isinstance(M, jax.Array) else np.asarray(M, dtype=np.float64)  # NumPy: concrete even under jit
-        if np.ndim(arr) != 2:
-            raise ValueError(f"{name}: expected a 2-D array, got shape {tuple(np.shape(arr))}")
-        if not is_concrete(arr):
-            raise ValueError(f"{name}: a dense matrix passed with sparse ones must be concrete (its pattern is read once)")
-        rows, cols = np.nonzero(np.asarray(arr))
-        data, mshape = arr[rows, cols], tuple(arr.shape)
-    if (shape[0] is not None and mshape[0] != shape[0]) or mshape[1] != shape[1]:
-        want = "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
-        raise ValueError(f"{name}: expected shape {want}, got {mshape}")
-    data = as_array(name, data)
-    return data.astype(dtype), _Coords(rows.astype(np.int32), cols.astype(np.int32), mshape)
 
 
 def _validate_sparse(P, q, A, b, G, h):
