@@ -16,6 +16,7 @@ for every tangent or cotangent of a ``jacfwd`` / ``jacrev``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional, Protocol
 
 import jax
@@ -294,6 +295,55 @@ def solve_auto(matvec: MatVec, b: PyTree, ridge: Optional[float] = None, rcond: 
     return _dense(_robust_kernel, matvec, b, ridge, rcond)
 
 
+def _tree_norm(tree: PyTree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+#: Slack of the convergence check of the iterative solvers: the recomputed residual may exceed
+#: the solver's own stopping tolerance by this factor (their estimates drift in floating point).
+CHECK_SLACK = 100.0
+
+
+def _checked(matvec: MatVec, b: PyTree, x: PyTree, tol: float, check: bool = True) -> PyTree:
+    r"""``x`` if it solves ``A x = b`` to the requested accuracy, else NaN (values *and* derivatives).
+
+    An iterative solver that stops at ``maxiter`` returns its last iterate as if it were the
+    answer; a derivative built on it would be silently wrong. The true residual is recomputed
+    (one extra matvec) and the solve accepted iff
+
+    .. math::  \|b - A x\|_2 \le \max(\text{CHECK\_SLACK}\cdot\text{tol},\ \sqrt{\varepsilon})\,\|b\|_2,
+
+    the :math:`\sqrt{\varepsilon}` floor keeping float32 solves with a float64-sized ``tol`` usable.
+    The mask multiplies ``x`` (rather than replacing it) so that tangents through a rejected solve
+    are NaN too.
+    """
+    leaves = jax.tree_util.tree_leaves(b)
+    if not check or not leaves:
+        return x
+    dtype = jnp.result_type(*leaves)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        return x
+    eps = jnp.finfo(dtype).eps
+    r = jax.tree_util.tree_map(jnp.subtract, b, matvec(x))
+    bound = max(CHECK_SLACK * tol, float(np.sqrt(eps))) * _tree_norm(b) + jnp.finfo(dtype).tiny
+    scale = jnp.where(_tree_norm(r) <= bound, 1.0, jnp.nan).astype(dtype)
+    return jax.tree_util.tree_map(lambda leaf: leaf * scale.astype(leaf.dtype), x)
+
+
+def _checked_krylov(method: Callable, matvec: MatVec, b: PyTree, tol: float, check: bool, symmetric: bool) -> PyTree:
+    """Run the Krylov ``method(matvec, rhs) -> x`` with the convergence check in both directions.
+
+    The solve is attached to ``A x = b`` by :func:`jax.lax.custom_linear_solve` whose forward *and*
+    transposed solves are checked: JAX's Krylov loops stop at once on a NaN right-hand side and
+    return their zero start, so a NaN cotangent would otherwise come back as a zero gradient.
+    """
+
+    def run(mv: MatVec, rhs: PyTree) -> PyTree:
+        return _checked(mv, rhs, method(mv, rhs), tol, check)
+
+    return jax.lax.custom_linear_solve(matvec, b, solve=run, transpose_solve=run, symmetric=symmetric)
+
+
 # --------------------------------------------------------------------------------------------
 # Matrix-free iterative solvers (pytree vectors; jax.scipy implementations)
 # --------------------------------------------------------------------------------------------
@@ -306,9 +356,17 @@ def solve_cg(
     init: Optional[PyTree] = None,
     tol: float = 1e-10,
     maxiter: Optional[int] = None,
+    check: bool = True,
 ) -> PyTree:
-    """Conjugate gradient; requires ``A`` (plus ``ridge``) symmetric positive definite."""
-    return jsp.sparse.linalg.cg(_with_ridge(matvec, ridge), b, x0=init, tol=tol, atol=0.0, maxiter=maxiter)[0]
+    """Conjugate gradient; requires ``A`` (plus ``ridge``) symmetric positive definite.
+
+    Stops when ``‖b - A x‖ ≤ tol·‖b‖`` or after ``maxiter`` iterations (default ``10 n``); an
+    unconverged result is NaN (see :func:`_checked`).
+    """
+    def method(mv, rhs):
+        return jsp.sparse.linalg.cg(mv, rhs, x0=init, tol=tol, atol=0.0, maxiter=maxiter)[0]
+
+    return _checked_krylov(method, _with_ridge(matvec, ridge), b, tol, check, symmetric=True)
 
 
 def solve_normal_cg(
@@ -318,11 +376,13 @@ def solve_normal_cg(
     init: Optional[PyTree] = None,
     tol: float = 1e-10,
     maxiter: Optional[int] = None,
+    check: bool = True,
 ) -> PyTree:
     """Conjugate gradient on the normal equations ``(A^T A + ridge I) x = A^T b``.
 
     Works for any nonsingular ``A`` (converges to the least-squares solution otherwise); the
-    transpose ``A^T`` is obtained from ``matvec`` by :func:`jax.linear_transpose`.
+    transpose ``A^T`` is obtained from ``matvec`` by :func:`jax.linear_transpose`. An unconverged
+    result (after ``maxiter`` iterations, default ``10 n``) is NaN.
     """
     example = init if init is not None else b
     rmatvec = jax.linear_transpose(matvec, example)
@@ -331,9 +391,13 @@ def solve_normal_cg(
         return rmatvec(matvec(u))[0]
 
     Atb = rmatvec(b)[0]
-    return jsp.sparse.linalg.cg(
-        _with_ridge(normal_matvec, ridge), Atb, x0=init, tol=tol, atol=0.0, maxiter=maxiter
-    )[0]
+
+    def method(mv, rhs):
+        return jsp.sparse.linalg.cg(mv, rhs, x0=init, tol=tol, atol=0.0, maxiter=maxiter)[0]
+
+    # Checked on the normal equations: a least-squares solution of an inconsistent system is a
+    # converged answer here, not a failure.
+    return _checked_krylov(method, _with_ridge(normal_matvec, ridge), Atb, tol, check, symmetric=True)
 
 
 def solve_gmres(
@@ -345,18 +409,25 @@ def solve_gmres(
     restart: int = 50,
     maxiter: Optional[int] = None,
     solve_method: str = "batched",
+    check: bool = True,
 ) -> PyTree:
-    """Restarted GMRES for general (nonsymmetric) ``A``."""
-    return jsp.sparse.linalg.gmres(
-        _with_ridge(matvec, ridge),
-        b,
-        x0=init,
-        tol=tol,
-        atol=0.0,
-        restart=restart,
-        maxiter=maxiter,
-        solve_method=solve_method,
-    )[0]
+    """Restarted GMRES for general (nonsymmetric) ``A``.
+
+    Stops when ``‖b - A x‖ ≤ tol·‖b‖`` or after ``maxiter`` restart cycles of ``restart`` steps
+    each (default: ``⌈10 n / restart⌉`` cycles, i.e. at most ``10 n`` matvecs -- JAX's own default
+    of ``10 n`` *cycles* would run ``restart`` times longer before giving up). An unconverged
+    result is NaN (see :func:`_checked`).
+    """
+    if maxiter is None:
+        size = ravel_pytree(b)[0].shape[0]
+        maxiter = max(1, -(-10 * size // max(1, min(restart, size))))
+
+    def method(mv, rhs):
+        return jsp.sparse.linalg.gmres(
+            mv, rhs, x0=init, tol=tol, atol=0.0, restart=restart, maxiter=maxiter, solve_method=solve_method
+        )[0]
+
+    return _checked_krylov(method, _with_ridge(matvec, ridge), b, tol, check, symmetric=False)
 
 
 def solve_bicgstab(
@@ -366,11 +437,14 @@ def solve_bicgstab(
     init: Optional[PyTree] = None,
     tol: float = 1e-10,
     maxiter: Optional[int] = None,
+    check: bool = True,
 ) -> PyTree:
-    """BiCGSTAB for general (nonsymmetric) ``A``."""
-    return jsp.sparse.linalg.bicgstab(
-        _with_ridge(matvec, ridge), b, x0=init, tol=tol, atol=0.0, maxiter=maxiter
-    )[0]
+    """BiCGSTAB for general (nonsymmetric) ``A``; an unconverged result (after ``maxiter``
+    iterations, default ``10 n``) is NaN (see :func:`_checked`)."""
+    def method(mv, rhs):
+        return jsp.sparse.linalg.bicgstab(mv, rhs, x0=init, tol=tol, atol=0.0, maxiter=maxiter)[0]
+
+    return _checked_krylov(method, _with_ridge(matvec, ridge), b, tol, check, symmetric=False)
 
 
 def solve_iterative_refinement(
@@ -379,7 +453,7 @@ def solve_iterative_refinement(
     init: Optional[PyTree] = None,
     maxiter: int = 10,
     tol: float = 1e-7,
-    solve: Callable = solve_gmres,
+    solve: Optional[Callable] = None,
     ridge: Optional[float] = None,
     matvec_A_bar: Optional[MatVec] = None,
 ) -> PyTree:
@@ -389,7 +463,8 @@ def solve_iterative_refinement(
 
     .. math::  r_t = b - A x_t, \qquad \bar A\, \delta_t = r_t, \qquad x_{t+1} = x_t + \delta_t,
 
-    until :math:`\|r_t\|_2 \le` ``tol`` or ``maxiter`` steps, where :math:`\bar A` is an
+    until :math:`\|r_t\|_2 \le` ``tol`` or ``maxiter`` steps (then NaN unless
+    :math:`\|r_t\|_2 \le \sqrt{\varepsilon}\,\|b\|_2`), where :math:`\bar A` is an
     approximation of :math:`A` that is easier to solve with: ``matvec_A_bar`` if given, else
     :math:`A + \rho I` with :math:`\rho` = ``ridge`` (default :math:`\bar A = A`). The fixed point
     is the exact solution of :math:`A x = b` whatever :math:`\bar A`, provided the iteration
@@ -407,7 +482,9 @@ def solve_iterative_refinement(
       init: optional warm start :math:`x_0` (structure of ``b``).
       maxiter: maximum number of refinement steps.
       tol: absolute tolerance on the residual norm :math:`\|b - A x\|_2`.
-      solve: inner solver ``solve(matvec, b) -> x`` (default :func:`solve_gmres`).
+      solve: inner solver ``solve(matvec, b) -> x`` (default :func:`solve_gmres` with
+        ``check=False``: the inner solves may be inexact, the refinement's own residual is checked;
+        pass ``check=False`` to an inexact iterative inner solver of your own for the same reason).
       ridge: optional :math:`\rho` for the inner matrix :math:`\bar A = A + \rho I`.
       matvec_A_bar: optional inner matrix :math:`\bar A` as a matvec (overrides ``ridge``).
 
@@ -419,22 +496,26 @@ def solve_iterative_refinement(
         def residual(x):
             return jax.tree_util.tree_map(jnp.subtract, rhs, mv(x))
 
-        def norm(r):
-            return jnp.sqrt(sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in jax.tree_util.tree_leaves(r)))
-
         def cond(state):
             _, r, it = state
-            return (it < maxiter) & (norm(r) > tol)
+            return (it < maxiter) & (_tree_norm(r) > tol)
 
         def body(state):
             x, r, it = state
             x = jax.tree_util.tree_map(jnp.add, x, solve(mv_bar, r))
             return x, residual(x), it + 1
 
-        x, _, _ = jax.lax.while_loop(cond, body, (x0, residual(x0), 0))
-        return x
+        x, r, _ = jax.lax.while_loop(cond, body, (x0, residual(x0), 0))
+        # Out of steps with the residual above tol (or above √ε‖b‖ when tol is below what the
+        # precision can reach): NaN, not the last iterate.
+        dtype = jnp.result_type(*jax.tree_util.tree_leaves(rhs))
+        bound = jnp.maximum(tol, float(np.sqrt(jnp.finfo(dtype).eps)) * _tree_norm(rhs))
+        scale = jnp.where(_tree_norm(r) <= bound, 1.0, jnp.nan).astype(dtype)
+        return jax.tree_util.tree_map(lambda leaf: leaf * scale.astype(leaf.dtype), x)
 
     x0 = jax.tree_util.tree_map(jnp.zeros_like, b) if init is None else init
+    if solve is None:
+        solve = functools.partial(solve_gmres, check=False)
 
     def forward(mv, rhs):
         return refine(mv, matvec_A_bar if matvec_A_bar is not None else _with_ridge(mv, ridge), rhs, x0)

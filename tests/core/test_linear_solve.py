@@ -226,9 +226,14 @@ def test_iterative_refinement_converges_to_the_exact_solution(rng, dtype):
     D = jnp.asarray(np.diag(np.diag(A)) + 1.5 * np.eye(6), dtype)  # Jacobi-like inner matrix
     x = ls.solve_iterative_refinement(_matvec(Aj), bj, maxiter=500, tol=tol, solve=ls.solve_lu, matvec_A_bar=_matvec(D))
     np.testing.assert_allclose(x, exact, rtol=_rtol(dtype, 1e-12))
-    # maxiter bounds the work: one step of the biased inner solve is the biased solution.
-    x1 = ls.solve_iterative_refinement(_matvec(Aj), bj, maxiter=1, tol=0.0, solve=ls.solve_lu, ridge=0.5)
-    np.testing.assert_allclose(x1, biased, rtol=_rtol(dtype, 1e-12))
+    # maxiter bounds the work, and running out of steps is a failure, not an answer: one step of
+    # the biased inner solve (the biased solution) is reported as NaN, values and derivatives.
+    def one_step(b):
+        return ls.solve_iterative_refinement(_matvec(Aj), b, maxiter=1, tol=0.0, solve=ls.solve_lu, ridge=0.5)
+
+    assert np.all(np.isnan(one_step(bj)))
+    assert np.all(np.isnan(jax.jacfwd(one_step)(bj)))
+    assert np.all(np.isnan(jax.grad(lambda b: one_step(b).sum())(bj)))
     # A warm start at the solution stops at once.
     x0 = jnp.asarray(exact, dtype)
     np.testing.assert_array_equal(ls.solve_iterative_refinement(_matvec(Aj), bj, init=x0, tol=1.0, solve=ls.solve_lu, ridge=0.5), x0)
@@ -273,3 +278,81 @@ def test_jaxopt_private_helpers(rng, dtype):
     rmatvec = ls_impl._make_rmatvec(mv, jnp.asarray(u))
     np.testing.assert_allclose(rmatvec(jnp.asarray(y)), R.T @ y, rtol=_rtol(dtype, 1e-14))
     np.testing.assert_allclose(ls_impl._normal_matvec(mv, jnp.asarray(u)), R.T @ (R @ u), rtol=_rtol(dtype, 1e-14))
+
+
+# --------------------------------------------------------------------------------------------
+# Iterative solvers never return an unconverged iterate as an answer
+# --------------------------------------------------------------------------------------------
+
+_ITERATIVE = {
+    "cg": (ls.solve_cg, "spd"),
+    "normal_cg": (ls.solve_normal_cg, "nonsym"),
+    "gmres": (ls.solve_gmres, "nonsym"),
+    "bicgstab": (ls.solve_bicgstab, "nonsym"),
+}
+
+
+def _ill_conditioned(rng, n, kind):
+    """A matrix whose Krylov solvers need many more than 2 iterations (spread-out spectrum)."""
+    Q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    A = Q @ np.diag(np.logspace(0, 4, n)) @ Q.T
+    if kind == "nonsym":
+        A = A + 0.1 * np.triu(rng.standard_normal((n, n)), 1)
+    return A
+
+
+@pytest.mark.parametrize("name", sorted(_ITERATIVE))
+def test_iterative_solver_out_of_iterations_gives_nan_values_and_derivatives(rng, name):
+    solve, kind = _ITERATIVE[name]
+    n = 30
+    A = jnp.asarray(_ill_conditioned(rng, n, kind))
+    b = jnp.asarray(rng.standard_normal(n))
+    exact = np.linalg.solve(np.asarray(A), np.asarray(b))
+
+    kwargs = {"restart": 2} if name == "gmres" else {}
+    truncated = lambda b: solve(_matvec(A), b, maxiter=2, **kwargs)  # noqa: E731
+    assert np.all(np.isnan(truncated(b)))
+    assert np.all(np.isnan(jax.jacfwd(truncated)(b)))
+    assert np.all(np.isnan(jax.grad(lambda b: truncated(b).sum())(b)))
+    assert np.all(np.isnan(jax.jit(truncated)(b)))
+    # check=False hands back the last iterate, finite and (here) visibly not the solution.
+    raw = solve(_matvec(A), b, maxiter=2, check=False, **kwargs)
+    assert np.all(np.isfinite(raw)) and np.abs(np.asarray(raw) - exact).max() > 1e-3
+    # With the default iteration budget the same system converges, and is accepted.
+    full = solve(_matvec(A), b, tol=1e-12)
+    np.testing.assert_allclose(full, exact, rtol=1e-6, atol=1e-9 * np.abs(exact).max())
+
+
+def test_iterative_solver_check_is_per_right_hand_side(rng):
+    """Under vmap each right-hand side is judged on its own: one unconverged column is NaN, the
+    others (here: b = 0, solved exactly by the zero start) stay finite."""
+    A = jnp.asarray(_ill_conditioned(rng, 20, "spd"))
+    B = jnp.stack([jnp.asarray(rng.standard_normal(20)), jnp.zeros(20)])
+    X = jax.vmap(lambda b: ls.solve_cg(_matvec(A), b, maxiter=2))(B)
+    assert np.all(np.isnan(X[0])) and np.all(X[1] == 0.0)
+
+
+def test_implicit_derivative_through_an_unconverged_linear_solve_is_nan():
+    """custom_root with a truncated CG: the derivative is NaN rather than a wrong number."""
+    from kktbridge import custom_root
+
+    n = 25
+    rng = np.random.default_rng(3)
+    A = jnp.asarray(_ill_conditioned(rng, n, "spd"))
+
+    def F(x, theta):  # root: A x = theta
+        return A @ x - theta
+
+    def make(solve):
+        @custom_root(F, solve=solve)
+        def solver(init, theta):
+            return jnp.linalg.solve(A, theta)
+
+        return solver
+
+    theta = jnp.asarray(rng.standard_normal(n))
+    init = jnp.zeros(n)
+    good = jax.jacrev(make(functools.partial(ls.solve_cg, tol=1e-12)), argnums=1)(init, theta)
+    np.testing.assert_allclose(good, np.linalg.inv(np.asarray(A)), rtol=1e-6, atol=1e-10)
+    bad = jax.jacrev(make(functools.partial(ls.solve_cg, maxiter=2)), argnums=1)(init, theta)
+    assert np.all(np.isnan(bad))
