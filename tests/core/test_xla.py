@@ -1,0 +1,41 @@
+"""``stage_jit`` keeps kktbridge's compiled stages off XLA:CPU's miscompiling YNNPACK reductions."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import kktbridge.core._kkt as kkt
+from kktbridge.core._xla import cpu_compiler_options, stage_jit
+from tests.bridges.test_nlp_sparse import _exact_chain_kkt_point, chain_eq, chain_f
+
+
+def _plain_reduce(v, kind):
+    """The reductions the KKT check used before its select-based work-around (bare max/sum)."""
+    v = jnp.ravel(v)
+    if kind == "max":
+        return jnp.max(v, initial=-jnp.inf)
+    if kind == "min":
+        return jnp.min(v, initial=jnp.inf)
+    return jnp.sum(v)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU compile option")
+def test_cpu_stages_get_the_option_where_jaxlib_accepts_it():
+    options = cpu_compiler_options()
+    assert options is None or options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    f = stage_jit(lambda x: jnp.sum(x * x))
+    assert float(f(jnp.arange(4.0))) == 14.0
+
+
+def test_stage_jit_reduces_pad_shifted_tensors_exactly(monkeypatch):
+    """The KKT residual of an exact KKT point of the 20,001-variable equality chain, with plain
+    reductions: under a plain ``jax.jit`` jaxlib 0.10.2 returned 0.51 here (the fused reduction of
+    the transposes of ``s[1:]`` and ``s[:-1]``); ``stage_jit`` must agree with eager evaluation."""
+    monkeypatch.setattr(kkt, "_reduce", _plain_reduce)
+    x, nu, p = _exact_chain_kkt_point(10_000)
+    check = kkt.kkt_activity(chain_f, chain_eq, None)
+    z = kkt.KKTPoint(x, nu, jnp.zeros((0,)))
+    eager = float(check(z, p)[0])
+    staged = float(stage_jit(check)(z, p)[0])
+    assert eager < 1e-12  # an exact KKT point up to rounding (states reach |s| ~ 500)
+    assert staged < 1e-12
