@@ -2,7 +2,8 @@ r"""Clarabel adapter: cone programs in SCS form solved by Clarabel's interior-po
 
 Clarabel (0.11) solves ``min ½xᵀPx + qᵀx s.t. Ax + s = b, s ∈ K'`` with dual ``z ∈ K'^*`` and
 ``Px + q + Aᵀz = 0``; here ``P = 0`` and ``q = c``, so its dual sign convention is SCS's
-(``Aᵀy + c = 0``). The adapter takes exactly the SCS adapter's data (``A, b, c`` dense, the SCS
+(``Aᵀy + c = 0``). The adapter takes exactly the SCS adapter's data (``A, b, c``, with ``A`` dense
+or as coordinates ``A_data, A_rows, A_cols`` turned into CSC without a dense round trip; the SCS
 cone dictionary in ``options["cone"]``) and returns SCS-form ``x, y, s``.
 
 Not every SCS block is a Clarabel cone as is, so each block ``s_i ∈ K_i`` is rewritten as
@@ -36,6 +37,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from kktbridge.adapters._base import Adapter, HostSolution
+from kktbridge.adapters.scs import conic_matrix, finite_data
 from kktbridge.core._cones import ALL_CONE_KINDS, ConeSpec, cone_blocks, parse_cone
 from kktbridge.core._status import Status
 
@@ -170,7 +172,8 @@ def _settings(options: Mapping[str, Any]):
 
 
 class ClarabelAdapter(Adapter):
-    """Clarabel. Data: ``A, b, c`` (dense; ``x0, y0, s0`` ignored); ``options["cone"]`` is the SCS cone dict."""
+    """Clarabel. Data: ``A, b, c`` (``A`` dense or as coordinates ``A_data, A_rows, A_cols``; ``x0, y0, s0``
+    ignored); ``options["cone"]`` is the SCS cone dict."""
 
     name: ClassVar[str] = "clarabel"
     kind: ClassVar[str] = "conic"
@@ -193,9 +196,9 @@ class ClarabelAdapter(Adapter):
         cone = options.pop("cone", None)
         if cone is None:
             raise ValueError("cone: the Clarabel adapter needs options['cone'] (an SCS cone dictionary)")
-        A, b, c = (np.asarray(data[k], dtype=np.float64) for k in ("A", "b", "c"))
-        m, n = A.shape
-        if not (np.all(np.isfinite(A)) and np.all(np.isfinite(b)) and np.all(np.isfinite(c))):
+        b, c = (np.asarray(data[k], dtype=np.float64) for k in ("b", "c"))
+        m, n = b.shape[0], c.shape[0]
+        if not finite_data(data):
             return _failed(n, m, Status.INVALID_PROBLEM, "non-finite data")
         try:
             spec = parse_cone(cone, m=m)
@@ -207,7 +210,7 @@ class ClarabelAdapter(Adapter):
         settings, why = _settings(options)
         if why is not None:
             return _failed(n, m, Status.INVALID_PROBLEM, why)
-        A_t = sp.csc_matrix(np.asarray(T @ A))
+        A_t = sp.csc_matrix(T @ conic_matrix(data)(data))  # sparse @ sparse: never dense
         b_t = np.asarray(T @ b, dtype=np.float64)
         P = sp.csc_matrix((n, n))
         try:

@@ -1,7 +1,9 @@
 """SCS adapter: cone programs ``min cᵀx s.t. Ax + s = b, s ∈ K`` (SCS 3.x).
 
-Data: ``A`` (dense ``(m, n)``, converted to CSC), ``b``, ``c`` and optional warm start ``x0, y0,
-s0``. The cone dictionary travels in ``options["cone"]`` (it is static: it fixes the shapes).
+Data: ``A`` (dense ``(m, n)``, converted to CSC) or its coordinates ``A_data, A_rows, A_cols``
+(from a sparse ``solve_conic`` input: the CSC structure is built once from the coordinates, never
+through a dense matrix), ``b``, ``c`` and optional warm start ``x0, y0, s0``. The cone dictionary
+travels in ``options["cone"]`` (it is static: it fixes the shapes).
 
 Batches (from ``vmap``) are split into one chunk per worker thread. When ``A`` is shared by the
 whole batch, each chunk builds (and factorises) one SCS workspace and then only calls
@@ -16,7 +18,7 @@ default) is used; on small problems this costs a few hundred to a few thousand i
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Optional, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -48,10 +50,34 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 }
 
 
-def _csc(A: np.ndarray):
+def conic_matrix(d0: Mapping[str, np.ndarray]) -> Callable[[Mapping[str, np.ndarray]], Any]:
+    """``d -> A`` as SciPy CSC for the instances of a batch shaped like ``d0`` (shared by Clarabel).
+
+    Dense instances are converted as they are. Coordinate instances (``A_data, A_rows, A_cols``,
+    all with ``d0``'s pattern) get one CSC structure computed once: entry ``k`` adds its value to a
+    fixed slot (duplicates add up, explicit zeros stay in the structure), so building an
+    instance's matrix is one ``bincount``, ``O(nnz)``.
+    """
     import scipy.sparse as sp
 
-    return sp.csc_matrix(A)
+    if "A_data" not in d0:
+        return lambda d: sp.csc_matrix(np.asarray(d["A"], dtype=np.float64))
+    from kktbridge.adapters.osqp import _SparseMatrices  # the same fixed-structure CSC as OSQP's
+
+    shape = (d0["b"].shape[0], d0["c"].shape[0])
+    rows, cols = np.asarray(d0["A_rows"], np.int64), np.asarray(d0["A_cols"], np.int64)
+    slots, (indices, indptr, _, nnz) = _SparseMatrices._structure(rows, cols, shape)
+
+    def csc(d):
+        values = _SparseMatrices._sum(slots, np.asarray(d["A_data"], np.float64), nnz)
+        return sp.csc_matrix((values, indices, indptr), shape=shape)
+
+    return csc
+
+
+def finite_data(d: Mapping[str, np.ndarray]) -> bool:
+    """Whether an instance's ``A`` (dense or its values), ``b`` and ``c`` are all finite."""
+    return all(np.all(np.isfinite(np.asarray(d[k]))) for k in ("A_data" if "A_data" in d else "A", "b", "c"))
 
 
 def _failed(n: int, m: int, status: Status, why: Any) -> HostSolution:
@@ -60,7 +86,8 @@ def _failed(n: int, m: int, status: Status, why: Any) -> HostSolution:
 
 
 class SCSAdapter(ChunkedAdapter):
-    """SCS. Data: ``A, b, c`` (dense), optional ``x0, y0, s0``; ``options["cone"]`` is the cone dict."""
+    """SCS. Data: ``A, b, c`` (``A`` dense or as coordinates ``A_data, A_rows, A_cols``), optional
+    ``x0, y0, s0``; ``options["cone"]`` is the cone dict."""
 
     name: ClassVar[str] = "scs"
     kind: ClassVar[str] = "conic"
@@ -83,7 +110,7 @@ class SCSAdapter(ChunkedAdapter):
 
     def reuses_setup(self, shared: frozenset) -> bool:
         # SCS can update b and c in place, but a new A needs a new factorisation.
-        return "A" in shared
+        return "A" in shared or "A_data" in shared
 
     def solve_chunk(self, batch: Sequence[dict], shared: frozenset, options: Mapping[str, Any]) -> list[HostSolution]:
         """Solve instances sharing ``A`` with one SCS workspace (or one instance)."""
@@ -94,17 +121,18 @@ class SCSAdapter(ChunkedAdapter):
         if cone is None:
             raise ValueError("cone: the SCS adapter needs options['cone'] (an SCS cone dictionary)")
         settings = {**DEFAULT_OPTIONS, **options}
-        m, n = batch[0]["A"].shape
+        m, n = batch[0]["b"].shape[0], batch[0]["c"].shape[0]
+        csc = conic_matrix(batch[0])
         solver: Optional[Any] = None
         out: list[HostSolution] = []
         for d in batch:
-            A, b, c = (np.asarray(d[k], dtype=np.float64) for k in ("A", "b", "c"))
-            if not (np.all(np.isfinite(A)) and np.all(np.isfinite(b)) and np.all(np.isfinite(c))):
+            if not finite_data(d):
                 out.append(_failed(n, m, Status.INVALID_PROBLEM, "non-finite data"))
                 continue
+            b, c = (np.asarray(d[k], dtype=np.float64) for k in ("b", "c"))
             if solver is None:
                 try:
-                    solver = scs.SCS({"A": _csc(A), "b": b, "c": c}, dict(cone), **settings)
+                    solver = scs.SCS({"A": csc(d), "b": b, "c": c}, dict(cone), **settings)
                 except (ValueError, TypeError) as e:  # bad cone / settings are rejected at setup
                     out.append(_failed(n, m, Status.INVALID_PROBLEM, str(e)))
                     continue

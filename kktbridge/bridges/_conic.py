@@ -13,6 +13,17 @@ Derivatives come from the implicit function theorem applied to the reduced conic
 which is the ``τ = 1`` slice of the homogeneous self-dual embedding residual differentiated by
 diffcp (Agrawal et al., 2019); ``y = Π_{K*}(v)`` and ``s = y - v`` are recovered by Moreau's
 decomposition, so all of ``x, y, s`` are differentiable.
+
+Sparse ``A`` (BCOO, differentiable in its values; SciPy sparse, constant) stays sparse end to end:
+the residual applies it by ``segment_sum`` over its coordinates, the solvers receive CSC built
+from the coordinates, and the backward factors the Jacobian
+
+.. math::  \frac{\partial F}{\partial (x, v)} = \begin{bmatrix} 0 & A^\top D\Pi \\ A & D\Pi - I \end{bmatrix}
+
+(``DΠ`` block diagonal by cone, :func:`~kktbridge.core._conic.conic_jacobian_pattern`) by a
+sparse LU on its known pattern (:class:`~kktbridge.core._sparsity.SparseLUSolver`, one
+factorization for every tangent/cotangent), never a dense ``(n + m)²`` matrix above
+:data:`~kktbridge.core._sparsity.SPARSE_DENSE_FALLBACK_MAX` unknowns.
 """
 
 from __future__ import annotations
@@ -34,8 +45,17 @@ from kktbridge.bridges._common import (
     structure,
     warn_if_truncated,
 )
+from kktbridge.bridges._sparse import Coords, is_sparse, sparse_arg
 from kktbridge.core._cones import parse_cone
-from kktbridge.core._conic import ConicPoint, conic_check, conic_residual_map, from_embedding
+from kktbridge.core._conic import (
+    DENSE,
+    ConicPoint,
+    LinearOperator,
+    conic_check,
+    conic_jacobian_pattern,
+    conic_residual_map,
+    from_embedding,
+)
 
 
 class ConicSolution(NamedTuple):
@@ -70,6 +90,35 @@ def _validate(A: Any, b: Any, c: Any, cone: Any):
     return A.astype(dtype), b.astype(dtype), c.astype(dtype), spec
 
 
+def _validate_sparse(A: Any, b: Any, c: Any, cone: Any):
+    """Sparse ``A``: ``(A_data, b, c, spec, coords)`` with the static pattern ``coords``."""
+    warn_if_truncated("c", c)
+    c = as_array("c", c, ndim=1)
+    b = as_array("b", b, ndim=1)
+    dtype = jnp.result_type(c, b, jnp.asarray(A.data))
+    A_data, coords = sparse_arg("A", A, (None, c.shape[0]), dtype)
+    if b.shape != (coords.shape[0],):
+        raise ValueError(f"b: expected shape ({coords.shape[0]},), got {tuple(b.shape)}")
+    spec = parse_cone(cone, m=coords.shape[0])
+    return A_data, b.astype(dtype), c.astype(dtype), spec, coords
+
+
+def sparse_operator(coords: Coords) -> LinearOperator:
+    """:class:`~kktbridge.core._conic.LinearOperator` of a sparse ``A`` (its argument: the values)."""
+    return LinearOperator(coords.matvec, coords.rmatvec, coords.row_norms)
+
+
+def _sparse_ift_solver(spec: Any, coords: Coords):
+    """Sparse LU for the IFT system of a sparse cone program (pattern of ``∂F/∂(x, v)``)."""
+    from kktbridge.core import _sparsity
+
+    if not _sparsity.available():
+        return None  # the dense default (GMRES above its size limit); `pip install kktbridge[sparse]`
+    m, n = coords.shape
+    rows, cols = conic_jacobian_pattern(spec, coords.rows, coords.cols, n)
+    return _sparsity.SparseLUSolver(rows, cols, n + m)
+
+
 def solve_conic(
     A: Any,
     b: Any,
@@ -94,7 +143,10 @@ def solve_conic(
     linear solver returns the minimum-norm derivative).
 
     Args:
-      A: ``(m, n)`` constraint matrix (dense).
+      A: ``(m, n)`` constraint matrix: dense, a ``jax.experimental.sparse.BCOO`` (concrete
+        indices; derivatives w.r.t. its ``data``) or a SciPy sparse matrix (a constant). A sparse
+        ``A`` is never densified (see the module docstring); its pattern is static (one
+        compilation per pattern), and without ``asdex`` the backward uses the dense default.
       b: ``(m,)`` right-hand side.
       c: ``(n,)`` cost.
       cone: SCS cone dictionary, e.g. ``{"z": 1, "l": 3, "q": [3], "s": [2], "ep": 1, "p": [0.3]}``
@@ -102,7 +154,8 @@ def solve_conic(
         ``m``; see :mod:`kktbridge.core._cones`). Static: it fixes the shapes.
       solver: adapter name (``"scs"``).
       solve: linear solver for the ``(n + m)``-dimensional IFT system; default dense LU with an
-        SVD minimum-norm fallback when singular, GMRES above 2048 unknowns.
+        SVD minimum-norm fallback when singular, GMRES above 2048 unknowns (sparse ``A``: a sparse
+        LU on the Jacobian's pattern).
       on_failure: ``"raise"`` (:class:`~kktbridge.SolverError`) or ``"nan"`` (NaN outputs, status
         kept).
       warm_start: optional ``(x0, y0, s0)``.
@@ -126,9 +179,14 @@ def solve_conic(
     """
     check_on_failure(on_failure)
     adapter = get_adapter(solver, kind="conic")
-    A, b, c, spec = _validate(A, b, c, cone)
-    m, n = A.shape
-    dtype = A.dtype
+    coords: Optional[Coords] = None
+    if is_sparse(A):
+        A, b, c, spec, coords = _validate_sparse(A, b, c, cone)
+        m, n = coords.shape
+    else:
+        A, b, c, spec = _validate(A, b, c, cone)
+        m, n = A.shape
+    dtype = c.dtype
     args = (A, b, c)
     extra: tuple = ()
     if warm_start is not None:
@@ -139,15 +197,24 @@ def solve_conic(
         )
     policy = Policy.make(dtype, solve, accept_inaccurate, residual_tol, diagnose)
     cone_dict = spec.as_dict()
-    key = ("conic", solver, structure(args, extra), options_key({**options, "cone": cone_dict}), policy.key())
+    pattern = None if coords is None else coords.key()
+    key = ("conic", solver, structure(args, extra), pattern, options_key({**options, "cone": cone_dict}), policy.key())
 
     def build() -> BridgePlan:
         adapter.validate_options(options)
-        F = conic_residual_map(spec)
-        check = conic_check(spec)
+        operator = DENSE if coords is None else sparse_operator(coords)
+        F = conic_residual_map(spec, operator)
+        check = conic_check(spec, operator)
+        plan_policy = policy
+        if coords is not None and policy.solve is None:
+            plan_policy = policy._replace(solve=_sparse_ift_solver(spec, coords))
 
         def host_data(args, extra):
             data = dict(zip("A b c".split(), args))
+            if coords is not None:
+                # Coordinates, never a dense A: the adapters build CSC with this fixed structure.
+                data["A_data"] = data.pop("A")
+                data["A_rows"], data["A_cols"] = jnp.asarray(coords.rows), jnp.asarray(coords.cols)
             if extra:
                 data["x0"], data["y0"], data["s0"] = extra
             return data
@@ -166,7 +233,7 @@ def solve_conic(
             residual=lambda z, args, activity: F(z, *args),
             fallback=lambda args, extra: ConicPoint(jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)),
             finish=finish,
-            policy=policy,
+            policy=plan_policy,
         )
 
     return run_pipeline(key, build, args, extra, on_failure)

@@ -17,7 +17,12 @@ dense ``(data × parameters)`` product. The problem data are then handed to a di
   ``min ½xᵀPx + qᵀx s.t. A_z x = -b_z, -A_l x ≤ b_l`` (zero rows ``z``, nonnegative rows ``l``);
 * **conic path** (default otherwise, SCS through :func:`~kktbridge.bridges._conic.solve_conic`):
   ``min qᵀx s.t. (-A) x + s = b, s ∈ K``, with any quadratic objective rewritten as a second-order
-  cone by cvxpy's conic canonicalisation.
+  cone by cvxpy's conic canonicalisation. When the problem is large and sparse
+  (:func:`use_sparse`: ``n + m ≥`` :data:`SPARSE_MIN_SIZE` and a constraint matrix at most
+  :data:`SPARSE_MAX_DENSITY` full; ``CvxpyLayer(..., sparse=True/False)`` overrides), ``A`` stays
+  sparse: its values are computed on cvxpy's canonical pattern (the union over parameter values of
+  the entries ``T_A`` can fill) and passed as a BCOO, so the solver gets CSC and the backward a
+  sparse LU, with memory ``O(nnz)``.
 
 Both bridges differentiate the solution by the implicit function theorem, so the layer is
 differentiable w.r.t. every parameter in forward and reverse mode, under ``jit`` and ``vmap``;
@@ -175,6 +180,13 @@ def _dcp_diagnosis(problem: Any, dpp: bool) -> str:
     return "the problem"
 
 
+class _SparseA(NamedTuple):
+    """``A`` on cvxpy's canonical pattern: ``values = data_map(θ̄)`` at ``coords``."""
+
+    data_map: _SparseMap
+    coords: Any  # kktbridge.bridges._sparse.Coords
+
+
 class _Canon(NamedTuple):
     path: str  # "qp" or "conic"
     n: int
@@ -185,6 +197,31 @@ class _Canon(NamedTuple):
     q_map: _SparseMap
     ab_map: _SparseMap
     total: int
+    sparse_a: Optional[_SparseA] = None  # set when the conic path keeps A sparse
+
+
+#: The conic path keeps ``A`` sparse from ``n + m`` this large ... (below it a dense ``A`` and the
+#: dense IFT solve are as fast: measured on banded LPs, see ``tests/bridges/test_conic_sparse.py``)
+SPARSE_MIN_SIZE = 200
+#: ... when its canonical pattern fills at most this fraction of the ``m × n`` matrix.
+SPARSE_MAX_DENSITY = 0.05
+
+
+def use_sparse(n: int, m: int, nnz: int) -> bool:
+    """The default rule for the conic path's ``A``: sparse when ``n + m ≥ SPARSE_MIN_SIZE`` and
+    ``nnz ≤ SPARSE_MAX_DENSITY · m · n``."""
+    return n + m >= SPARSE_MIN_SIZE and nnz <= SPARSE_MAX_DENSITY * m * n
+
+
+def _sparse_a(ab_map: _SparseMap, m: int, n: int) -> _SparseA:
+    """The canonical pattern of ``A`` (first ``m·n`` outputs of ``ab_map``, column-major) and the
+    map ``θ̄ ↦`` its values: every output ``T_A`` can write is one entry (duplicate writes add up)."""
+    from kktbridge.bridges._sparse import Coords
+
+    a_map = ab_map.rows_slice(0, m * n)
+    targets, slot = np.unique(a_map.rows.astype(np.int64), return_inverse=True)
+    data_map = _SparseMap(slot.ravel().astype(np.int32), a_map.cols, a_map.vals, int(targets.size))
+    return _SparseA(data_map, Coords((targets % m).astype(np.int32), (targets // m).astype(np.int32), (m, n)))
 
 
 # ------------------------------------------------------------------ solver options
@@ -431,6 +468,10 @@ class CvxpyLayer:
         ``solve_method``...), translated per solver. Overridable per call. Unknown names raise
         ``ValueError`` (listing the valid ones) before any solve.
       gp: the problem is a disciplined geometric program.
+      sparse: conic path only: keep the constraint matrix sparse (BCOO on cvxpy's canonical
+        pattern: CSC to the solver, sparse LU backward) with ``True``, dense with ``False``;
+        ``None`` (default) decides by :func:`use_sparse` (size and density). Values and
+        derivatives are the same either way.
 
     Each call is compiled once per layer, batching pattern and option set (``jax.jit``), so
     eager loops do not pay op-by-op dispatch; inside a user's ``jit``/``vmap``/``grad`` the layer
@@ -465,6 +506,7 @@ class CvxpyLayer:
         solver: Optional[str] = None,
         solver_args: Optional[Mapping[str, Any]] = None,
         gp: bool = False,
+        sparse: Optional[bool] = None,
     ) -> None:
         import cvxpy as cp
 
@@ -476,6 +518,8 @@ class CvxpyLayer:
             raise ValueError("variables: The layer's variables must be provided as a list or tuple of cvxpy Variables")
         if solver_args is not None and not isinstance(solver_args, Mapping):
             raise ValueError("solver_args: expected a dict of solver options")
+        if sparse not in (None, True, False):
+            raise ValueError(f"sparse: expected None, True or False, got {sparse!r}")
         self.problem = problem
         self.parameters = list(parameters)
         self.variables = list(variables)
@@ -526,6 +570,11 @@ class CvxpyLayer:
         self._jit_cache: dict = {}
         self.solver, path = self._choose_solver(problem, solver)
         self._canon, self._param_slots, self._var_slots, self._dual_outs = self._canonicalize(problem, path)
+        c = self._canon
+        if c.path == "conic" and c.m:
+            sa = _sparse_a(c.ab_map, c.m, c.n)
+            if use_sparse(c.n, c.m, sa.coords.rows.size) if sparse is None else sparse:
+                self._canon = c._replace(sparse_a=sa)
         self._spec = self._output_spec()
         translate_options(self.solver, self.solver_args)  # unknown options fail here, not at the first call
 
@@ -841,9 +890,18 @@ class CvxpyLayer:
         c = self._canon
         q = c.q_map(self._theta(params, c.q_map))[: c.n]
         # [A b] is stored column-major: A is the first m*n outputs, b the last m.
-        a_map, b_map = c.ab_map.rows_slice(0, c.m * c.n), c.ab_map.rows_slice(c.m * c.n, c.m * (c.n + 1))
-        A = jnp.reshape(a_map(self._theta(params, a_map)), (c.m, c.n), order="F")
+        b_map = c.ab_map.rows_slice(c.m * c.n, c.m * (c.n + 1))
         b = b_map(self._theta(params, b_map))
+        if c.sparse_a is not None:
+            from kktbridge.bridges._conic import solve_conic
+            from kktbridge.bridges._sparse import SparseData
+
+            # SCS form: (-A) x + s = b, s ∈ K, with A's values on the canonical pattern.
+            data = -c.sparse_a.data_map(self._theta(params, c.sparse_a.data_map))
+            sol = solve_conic(SparseData(data, c.sparse_a.coords), b, q, c.cone, solver=solver, **options)
+            return sol.x, sol.y
+        a_map = c.ab_map.rows_slice(0, c.m * c.n)
+        A = jnp.reshape(a_map(self._theta(params, a_map)), (c.m, c.n), order="F")
         z = c.n_zero
         if c.path == "qp":
             if c.p_map is not None:
@@ -965,4 +1023,7 @@ class CvxpyLayer:
 
     def __repr__(self) -> str:
         c = self._canon
-        return f"CvxpyLayer(solver={self.solver!r}, path={c.path!r}, n={c.n}, m={c.m}, parameters={len(self.parameters)})"
+        return (
+            f"CvxpyLayer(solver={self.solver!r}, path={c.path!r}, n={c.n}, m={c.m}, parameters={len(self.parameters)}"
+            f"{', sparse=True' if c.sparse_a is not None else ''})"
+        )

@@ -23,7 +23,7 @@ import numpy as np
 
 from kktbridge.bridges._common import as_array, is_concrete
 
-__all__ = ["Coords", "is_sparse", "sparse_arg"]
+__all__ = ["Coords", "SparseData", "is_sparse", "sparse_arg"]
 
 
 class Coords(NamedTuple):
@@ -52,11 +52,20 @@ class Coords(NamedTuple):
         return jnp.sqrt(jax.ops.segment_sum(merged**2, jnp.asarray(keys // self.shape[1]), num_segments=self.shape[0]))
 
 
+class SparseData(NamedTuple):
+    """Values on a static pattern: what :func:`sparse_arg` makes of a sparse input, accepted as an
+    input too by the bridges (for callers such as the cvxpy layer that compute the values inside
+    ``jit``, where a BCOO built there would have traced indices)."""
+
+    data: jax.Array
+    coords: Coords
+
+
 def is_sparse(M: Any) -> bool:
-    """Whether ``M`` is a BCOO or SciPy sparse matrix."""
+    """Whether ``M`` is a BCOO, SciPy sparse matrix or :class:`SparseData`."""
     from jax.experimental import sparse as jsparse
 
-    return isinstance(M, jsparse.BCOO) or type(M).__module__.startswith("scipy.sparse")
+    return isinstance(M, (jsparse.BCOO, SparseData)) or type(M).__module__.startswith("scipy.sparse")
 
 
 def sparse_arg(name: str, M: Any, shape: tuple[Optional[int], int], dtype: Any) -> tuple[jax.Array, Coords]:
@@ -65,7 +74,7 @@ def sparse_arg(name: str, M: Any, shape: tuple[Optional[int], int], dtype: Any) 
     Args:
       name: the argument's name, for error messages.
       M: BCOO (2-D, concrete indices; padding entries with out-of-range indices are dropped),
-        SciPy sparse, concrete dense array, or ``None`` (an empty ``(0, shape[1])`` matrix).
+        SciPy sparse, :class:`SparseData`, concrete dense array, or ``None`` (an empty ``(0, shape[1])`` matrix).
       shape: expected ``(rows, cols)``; ``rows`` may be ``None`` (any).
       dtype: dtype of the returned values.
 
@@ -79,7 +88,9 @@ def sparse_arg(name: str, M: Any, shape: tuple[Optional[int], int], dtype: Any) 
 
     if M is None:
         return jnp.zeros((0,), dtype), Coords(np.zeros(0, np.int32), np.zeros(0, np.int32), (0, shape[1]))
-    if isinstance(M, jsparse.BCOO):
+    if isinstance(M, SparseData):
+        rows, cols, data, mshape = M.coords.rows, M.coords.cols, M.data, tuple(M.coords.shape)
+    elif isinstance(M, jsparse.BCOO):
         if M.n_batch or M.n_dense or M.ndim != 2:
             raise ValueError(f"{name}: expected a 2-D BCOO matrix without batch or dense dimensions, got {M}")
         if not is_concrete(M.indices):

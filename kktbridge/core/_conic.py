@@ -44,10 +44,21 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from kktbridge.core._cones import ConeSpec, cone_projection, parse_cone
+from kktbridge.core._cones import ConeSpec, cone_blocks, cone_projection, parse_cone
 
-__all__ = ["ConicPoint", "conic_residual_map", "conic_check", "to_embedding", "from_embedding", "hsde_residual"]
+__all__ = [
+    "ConicPoint",
+    "LinearOperator",
+    "DENSE",
+    "conic_residual_map",
+    "conic_check",
+    "conic_jacobian_pattern",
+    "to_embedding",
+    "from_embedding",
+    "hsde_residual",
+]
 
 
 class ConicPoint(NamedTuple):
@@ -55,6 +66,25 @@ class ConicPoint(NamedTuple):
 
     x: jax.Array
     v: jax.Array
+
+
+class LinearOperator(NamedTuple):
+    """How the residual applies the constraint matrix: its argument ``A`` is whatever the operator
+    reads (a dense array, or the values of a sparse matrix whose pattern the functions close over).
+
+    Attributes:
+      matvec: ``(A, x) -> A x``.
+      rmatvec: ``(A, y) -> Aᵀ y``.
+      row_norms: ``A -> (‖A_i‖₂)_i`` for every row ``i``.
+    """
+
+    matvec: Callable[[Any, jax.Array], jax.Array]
+    rmatvec: Callable[[Any, jax.Array], jax.Array]
+    row_norms: Callable[[Any], jax.Array]
+
+
+#: ``A`` is a dense ``(m, n)`` array.
+DENSE = LinearOperator(lambda A, x: A @ x, lambda A, y: A.T @ y, lambda A: jnp.linalg.norm(A, axis=1))
 
 
 def to_embedding(x: jax.Array, y: jax.Array, s: jax.Array) -> ConicPoint:
@@ -69,7 +99,7 @@ def from_embedding(z: ConicPoint, cone: Any) -> tuple[jax.Array, jax.Array, jax.
     return z.x, y, y - z.v
 
 
-def conic_residual_map(cone: Any) -> Callable[[ConicPoint, jax.Array, jax.Array, jax.Array], ConicPoint]:
+def conic_residual_map(cone: Any, operator: LinearOperator = DENSE) -> Callable[[ConicPoint, Any, jax.Array, jax.Array], ConicPoint]:
     """Return ``F(z, A, b, c)``, the reduced conic residual (see module docstring).
 
     The result is usable directly with :func:`~kktbridge.core._implicit.implicit_solution`::
@@ -80,18 +110,20 @@ def conic_residual_map(cone: Any) -> Callable[[ConicPoint, jax.Array, jax.Array,
 
     Args:
       cone: SCS cone dictionary (static) or :class:`~kktbridge.core._cones.ConeSpec`.
+      operator: how ``A`` is applied (:data:`DENSE`, or a sparse matrix's matvec/rmatvec pair: the
+        residual then costs ``O(nnz(A))`` plus the projection, and ``A`` is never densified).
     """
     spec: ConeSpec = parse_cone(cone)
     proj_dual = cone_projection(spec, dual=True)
 
-    def residual(z: ConicPoint, A: jax.Array, b: jax.Array, c: jax.Array) -> ConicPoint:
+    def residual(z: ConicPoint, A: Any, b: jax.Array, c: jax.Array) -> ConicPoint:
         y = proj_dual(z.v)
-        return ConicPoint(A.T @ y + c, A @ z.x + (y - z.v) - b)
+        return ConicPoint(operator.rmatvec(A, y) + c, operator.matvec(A, z.x) + (y - z.v) - b)
 
     return residual
 
 
-def conic_check(cone: Any) -> Callable[..., tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
+def conic_check(cone: Any, operator: LinearOperator = DENSE) -> Callable[..., tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
     """Relative residual and complementarity diagnostics of a conic point.
 
     Returns ``check(z, A, b, c) -> (residual, activity, margin, n_weak)``: the residual is
@@ -99,15 +131,15 @@ def conic_check(cone: Any) -> Callable[..., tuple[jax.Array, jax.Array, jax.Arra
     ``s = y - v``; the margin and weakly active count cover the nonnegative-orthant rows, with
     ``y_i`` and ``s_i`` scaled like :func:`kktbridge.core._kkt.kkt_activity` (``y_i‖a_i‖/‖c‖`` and
     ``s_i/(‖a_i‖(1 + ‖x‖∞))``). ``activity`` is an empty placeholder (the conic residual map needs
-    none).
+    none). ``operator`` as in :func:`conic_residual_map` (its ``row_norms`` give ``‖a_i‖``).
     """
     from kktbridge.core._kkt import activity_tol
 
     spec: ConeSpec = parse_cone(cone)
-    F = conic_residual_map(spec)
+    F = conic_residual_map(spec, operator)
     lo, n_l = int(spec.z), int(spec.l)
 
-    def check(z: ConicPoint, A: jax.Array, b: jax.Array, c: jax.Array):
+    def check(z: ConicPoint, A: Any, b: jax.Array, c: jax.Array):
         r = F(z, A, b, c)
         dtype = z.x.dtype
         res = jnp.maximum(
@@ -119,7 +151,7 @@ def conic_check(cone: Any) -> Callable[..., tuple[jax.Array, jax.Array, jax.Arra
             return res, empty, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32)
         _, y, s = from_embedding(z, spec)
         rows = slice(lo, lo + n_l)
-        an = jnp.linalg.norm(A[rows], axis=1)
+        an = operator.row_norms(A)[rows]
         an_safe = jnp.where(an > 0, an, 1.0)
         cs = jnp.linalg.norm(c)
         y_hat = jnp.where(cs > 0, y[rows] * an / jnp.where(cs > 0, cs, 1.0), 0.0)
@@ -130,6 +162,54 @@ def conic_check(cone: Any) -> Callable[..., tuple[jax.Array, jax.Array, jax.Arra
         return res, empty, margin, jnp.sum(weak).astype(jnp.int32)
 
     return check
+
+
+def conic_jacobian_pattern(cone: Any, rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""Sparsity pattern of ``∂F/∂(x, v)`` for a sparse ``A`` with pattern ``(rows, cols)``.
+
+    In the flat order ``(x, v)`` of :class:`ConicPoint` (unknowns and residual alike),
+
+    .. math::  \frac{\partial F}{\partial (x, v)} = \begin{bmatrix} 0 & A^\top D\Pi \\ A & D\Pi - I \end{bmatrix},
+       \qquad D\Pi = \frac{\partial \Pi_{K^*}}{\partial v}\ \text{block diagonal by cone.}
+
+    ``DΠ`` is diagonal on the zero and orthant rows (each row its own block) and dense within a
+    second-order, PSD, exponential or power block, so ``(AᵀDΠ)_{j, i'}`` can be nonzero exactly
+    when some row ``i`` of ``i'``'s block has ``A_{ij} ≠ 0``. The pattern holds every entry that
+    can be nonzero for *any* values (a superset for the values at hand, as a sparse LU needs);
+    the diagonal is included. Duplicates may occur. ``O(nnz(A) · block size)`` entries.
+
+    Args:
+      cone: SCS cone dictionary or :class:`~kktbridge.core._cones.ConeSpec` (``m`` rows).
+      rows, cols: coordinates of ``A``'s entries (``A`` is ``m × n``).
+      n: number of columns of ``A``.
+
+    Returns:
+      ``(rows, cols)`` of the ``(n + m) × (n + m)`` Jacobian, int64.
+    """
+    spec: ConeSpec = parse_cone(cone)
+    m = spec.dim
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    # Block of every row of s: start and size (zero/orthant rows: blocks of one).
+    start, size = np.arange(m, dtype=np.int64), np.ones(m, np.int64)
+    i = 0
+    for c, k, _ in cone_blocks(spec):
+        if c.key not in ("z", "l"):
+            start[i : i + k], size[i : i + k] = i, k
+        i += k
+    # AᵀDΠ: one (column j, block) pair per entry, expanded to every row of the block.
+    pairs = np.unique(np.stack([cols, start[rows]], axis=1), axis=0) if rows.size else np.zeros((0, 2), np.int64)
+    reps = size[pairs[:, 1]]  # pairs[:, 1] is a block's first row; size is its length
+    j = np.repeat(pairs[:, 0], reps)
+    offset = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+    top_r, top_c = j, n + np.repeat(pairs[:, 1], reps) + offset
+    # DΠ - I: the blocks themselves (their diagonal included).
+    blk = np.nonzero(size > 1)[0]
+    blk_r = np.repeat(blk, size[blk])
+    blk_c = np.repeat(start[blk], size[blk]) + (np.arange(size[blk].sum()) - np.repeat(np.cumsum(size[blk]) - size[blk], size[blk]))
+    diag = np.arange(n + m, dtype=np.int64)
+    out_r = np.concatenate([top_r, n + rows, n + blk_r, diag])
+    out_c = np.concatenate([top_c, cols, n + blk_c, diag])
+    return out_r, out_c
 
 
 def hsde_residual(cone: Any) -> Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]:
