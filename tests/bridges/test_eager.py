@@ -74,7 +74,23 @@ def nlp_call(i):
     return kb.solve_nlp(_nlp_f, jnp.zeros(2), p, eq=_nlp_h, ineq=_nlp_g, lower=-5.0, upper=5.0).x
 
 
-CALLS = {"qp": qp_call, "conic": conic_call, "nlp": nlp_call}
+def _sparse_qp_data(scale):
+    """A BCOO QP (tridiagonal P, box rows as G): new values per call, one pattern."""
+    from jax.experimental import sparse
+
+    n = 40
+    P = sparse.BCOO.fromdense(2.0 * jnp.eye(n) - 0.5 * jnp.eye(n, k=1) - 0.5 * jnp.eye(n, k=-1) + 0.1 * scale * jnp.eye(n))
+    G = sparse.BCOO.fromdense(jnp.concatenate([jnp.eye(n), -jnp.eye(n)]))
+    q = jnp.sin(jnp.arange(n) * (1.0 + scale))
+    return P, q, G, jnp.full(2 * n, 0.5)
+
+
+def qp_sparse_call(i):
+    P, q, G, h = _sparse_qp_data(0.001 * i)
+    return kb.solve_qp(P, q, G=G, h=h).x
+
+
+CALLS = {"qp": qp_call, "qp_sparse": qp_sparse_call, "conic": conic_call, "nlp": nlp_call}
 
 
 @pytest.mark.parametrize("bridge", sorted(CALLS))
@@ -119,6 +135,9 @@ def call_theta(bridge, s):
         P = jnp.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
         q = jnp.array([1.0, -2.0, 0.5]) * s
         return kb.solve_qp(P, q, A=jnp.ones((1, 3)), b=jnp.array([1.0]), G=-jnp.eye(3), h=jnp.zeros(3)).x
+    if bridge == "qp_sparse":
+        P, q, G, h = _sparse_qp_data(0.0)
+        return kb.solve_qp(P, q * s, G=G, h=h).x  # s reaches the BCOO solve through q
     if bridge == "conic":
         b = jnp.array([0.3, 1.0, 0.0, 0.0]) + s * jnp.array([1.0, 0.0, 0.0, 0.0])
         return kb.solve_conic(A_CONIC, b, jnp.array([1.0, 2.0]), {"q": [3], "l": 1}).x
