@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -179,7 +179,7 @@ def osqp_checks() -> list[Check]:
     G = -jnp.eye(4)  # x >= -h
     q0 = np.array([-1.0, 2.0, 3.0, -2.0])  # pushes x1, x2 onto their bounds
     h0 = np.array([0.5, 0.0, 0.1, 0.5])
-    opts = dict(solver="osqp", eps_abs=1e-12, eps_rel=1e-12, polishing=True, max_iter=100000)
+    opts: dict[str, Any] = dict(solver="osqp", eps_abs=1e-12, eps_rel=1e-12, polishing=True, max_iter=100000)
 
     def x_of_q(q):
         return solve_qp(P, q, A, b, G, jnp.asarray(h0), **opts).x
@@ -225,7 +225,7 @@ def scs_checks() -> list[Check]:
     cone = {"l": 1, "q": [n + 1]}
     c0 = np.array([-1.0, -0.5, 2.0])
     b0 = np.array([0.1, 1.0, 0.2, -0.1, 0.4])  # x_1 <= 0.1 (active), r = 1, x_c = (-0.2, 0.1, -0.4)
-    opts = dict(eps_abs=1e-12, eps_rel=1e-12, max_iters=200000)
+    opts: dict[str, Any] = dict(eps_abs=1e-12, eps_rel=1e-12, max_iters=200000)
 
     def x_of_c(c):
         return solve_conic(A, b0, c, cone, **opts).x

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Optional, Sequence
 
 try:
     import torch
@@ -64,6 +64,11 @@ import numpy as np
 
 from kktbridge.bridges._cvxpy import CvxpyLayer as _JaxLayer
 from kktbridge.bridges._cvxpy import MissingParameterError
+from kktbridge.core._checks import x64_enabled
+
+if TYPE_CHECKING:  # cvxpy is imported by the JAX layer when it is needed
+    import cvxpy as cp
+    from jax.typing import ArrayLike
 
 __all__ = ["CvxpyLayer"]
 
@@ -83,7 +88,7 @@ def _to_jax(t: "torch.Tensor", dtype: Any) -> jax.Array:
 def _to_torch(a: jax.Array, dtype: "torch.dtype", device: "torch.device", copy: bool) -> "torch.Tensor":
     """JAX array -> torch tensor of ``dtype`` on ``device`` (DLPack when possible)."""
     try:
-        t = torch.utils.dlpack.from_dlpack(a)
+        t = torch.from_dlpack(a)
     except Exception:
         t = torch.from_numpy(np.array(a))
         copy = False  # already a private copy
@@ -119,7 +124,7 @@ def _precision_scope(x64: bool):
     Other threads running JAX concurrently see x64 on meanwhile; with ``jax_enable_x64`` set
     globally (recommended) nothing is switched.
     """
-    if not x64 or jax.config.jax_enable_x64:
+    if not x64 or x64_enabled():
         yield
         return
     with _X64_LOCK:
@@ -130,7 +135,7 @@ def _precision_scope(x64: bool):
             jax.config.update("jax_enable_x64", False)
 
 
-def _surface(error: Exception, rerun) -> None:
+def _surface(error: Exception, rerun: Callable[[], Any]) -> NoReturn:
     """Re-raise a failure from inside JAX's compiled/traced call the way an eager JAX call does.
 
     The torch forward runs the layer under ``jax.vjp`` (traced), where a solver failure surfaces
@@ -151,8 +156,11 @@ class _State:
 
     def __init__(self, layer, solver_args, duals, x64, pullback, out_meta, in_meta):
         self.layer, self.solver_args, self.duals = layer, solver_args, duals
-        self.x64, self.pullback = x64, pullback
-        self.out_meta, self.in_meta = out_meta, in_meta
+        self.x64: bool = x64
+        self.pullback: Optional[Callable] = pullback
+        #: (shape, dtype) of every output, and (dtype, device) of every input tensor.
+        self.out_meta: list[tuple[tuple[int, ...], Any]] = out_meta
+        self.in_meta: list[tuple["torch.dtype", "torch.device"]] = in_meta
         self.vmapped = None  # (vmap size, own batch size or None, own-batch flags) when made by the vmap rule
 
     def flat(self):
@@ -170,7 +178,7 @@ class _State:
 def _functorch_active() -> bool:
     """Whether a ``torch.func`` transform (grad, jacrev, vmap, ...) is active around this call."""
     try:
-        return torch._C._functorch.maybe_current_level() is not None
+        return torch._C._functorch.maybe_current_level() is not None  # pyright: ignore[reportAttributeAccessIssue]  (private, unstubbed; guarded)
     except AttributeError:  # private API moved: assume a transform may need the pullback
         return True
 
@@ -179,9 +187,9 @@ def _forward(layer, solver_args, duals, params, need_vjp: bool) -> tuple[tuple, 
     """Run the JAX layer on torch tensors; linearise it (``jax.vjp``) when ``need_vjp``."""
     dtype, x64 = _precision(params)
     device = params[0].device if params else torch.device("cpu")
-    x64 = x64 or bool(jax.config.jax_enable_x64)
+    x64 = x64 or x64_enabled()
     jdtype = jnp.float64 if x64 else jnp.float32
-    state = _State(layer, solver_args, duals, x64, None, None, [(p.dtype, p.device) for p in params])
+    state = _State(layer, solver_args, duals, x64, None, [], [(p.dtype, p.device) for p in params])  # out_meta: set below
     flat = state.flat()
     with _precision_scope(x64):
         jax_in = [_to_jax(p, jdtype) for p in params]
@@ -229,10 +237,10 @@ class _LayerFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        outs, state = getattr(_LAST, "value", (None, None))
-        if state is None or len(outs) != len(output) or state.layer is not inputs[0]:
+        last: Optional[tuple[tuple, _State]] = getattr(_LAST, "value", None)
+        if last is None or len(last[0]) != len(output) or last[1].layer is not inputs[0]:
             raise RuntimeError("kktbridge.torch: setup_context did not follow its forward call")  # torch contract
-        ctx.state = state
+        ctx.state = last[1]
         ctx.save_for_backward(*inputs[3:])  # torch's version counters then reject in-place changes
 
     @staticmethod
@@ -342,7 +350,7 @@ def _apply(layer, solver_args, duals, params) -> tuple:
 
 # torch._disable_dynamo imports TorchDynamo (seconds) only when first called, i.e. only under
 # torch.compile, where it is loaded anyway; torch.compiler.disable would import it right here.
-_apply_eager = torch._disable_dynamo(_apply)
+_apply_eager = torch._disable_dynamo(_apply)  # pyright: ignore[reportPrivateImportUsage]  (private on purpose, see above)
 
 
 class CvxpyLayer(torch.nn.Module):
@@ -363,9 +371,9 @@ class CvxpyLayer(torch.nn.Module):
 
     def __init__(
         self,
-        problem: Any,
-        parameters: Sequence[Any],
-        variables: Sequence[Any],
+        problem: "cp.Problem",
+        parameters: Sequence["cp.Parameter"],
+        variables: Sequence["cp.Variable"],
         *,
         solver: Optional[str] = None,
         solver_args: Optional[Mapping[str, Any]] = None,
@@ -375,7 +383,7 @@ class CvxpyLayer(torch.nn.Module):
         self.layer = _JaxLayer(problem, parameters, variables, solver=solver, solver_args=solver_args, gp=gp)
 
     @staticmethod
-    def _tensors(params: Sequence[Any]) -> list:
+    def _tensors(params: Sequence["torch.Tensor | ArrayLike | None"]) -> list["torch.Tensor"]:
         out = []
         for i, p in enumerate(params):
             if p is None:
@@ -390,11 +398,11 @@ class CvxpyLayer(torch.nn.Module):
             out.append(p)
         return out
 
-    def forward(self, *params: Any, solver_args: Optional[Mapping[str, Any]] = None) -> tuple:
+    def forward(self, *params: "torch.Tensor | ArrayLike", solver_args: Optional[Mapping[str, Any]] = None) -> tuple:
         """Optimal values of the requested variables (a tuple of tensors)."""
         return _apply(self.layer, solver_args, False, self._tensors(params))
 
-    def with_duals(self, *params: Any, solver_args: Optional[Mapping[str, Any]] = None) -> tuple[tuple, tuple]:
+    def with_duals(self, *params: "torch.Tensor | ArrayLike", solver_args: Optional[Mapping[str, Any]] = None) -> tuple[tuple, tuple]:
         """``(variables, duals)``: also one dual tensor per constraint of the problem (cvxpy's sign)."""
         outs = _apply(self.layer, solver_args, True, self._tensors(params))
         k = len(self.layer.variables)

@@ -40,7 +40,7 @@ class Target:
     """A performance target: ``value`` compared with ``threshold`` (``>=`` or ``<=``)."""
 
     name: str
-    value: float
+    value: Optional[float]  # None (or NaN): not measured, so not met
     threshold: float
     op: str  # ">=" or "<="
 
@@ -233,17 +233,18 @@ def write_plot(results: Sequence[SuiteResult], path: str) -> None:
     if not panels:
         axes.flat[0].text(0.5, 0.5, "no plottable results", ha="center", va="center")
     for ax, r in zip(axes.flat, panels):
-        labels = [str(x) for x in r.plot["x"]]
-        series = r.plot["series"]
+        plot = r.plot or {}  # panels all have one
+        labels = [str(x) for x in plot["x"]]
+        series = plot["series"]
         width = 0.8 / max(len(series), 1)
         for i, (name, values) in enumerate(series.items()):
             vals = [v if (v is not None and math.isfinite(v)) else 0.0 for v in values]
             ax.bar([j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))], vals, width, label=name)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=20, fontsize=7, ha="right")
-        if r.plot.get("logy", True):
+        if plot.get("logy", True):
             ax.set_yscale("log")
-        ax.set_ylabel(r.plot.get("ylabel", "ms"))
+        ax.set_ylabel(plot.get("ylabel", "ms"))
         ax.set_title(r.suite, fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -20,6 +20,8 @@ float64; only the implicit-differentiation layer differs. Ratios are JAXopt time
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from kktbridge._bench import Context, SuiteResult, Target, max_rel_diff, ratio, time_call
@@ -107,19 +109,17 @@ def _svm(m: int, p: int, kind: str, iters: int, lib: str):
     def grad_g(beta, theta, X, Y):
         return -(X @ (X.T @ (Y - beta))) / theta + Y
 
-    if kind == "pg":
+    def projected_gradient(beta, theta, X, Y, lip):
+        return proj_rows(beta - (theta / lip) * grad_g(beta, theta, X, Y))
 
-        def T(beta, theta, X, Y, lip):
-            return proj_rows(beta - (theta / lip) * grad_g(beta, theta, X, Y))
+    def mirror_descent(beta, theta, X, Y, lip):
+        # Mirror descent with the entropy: a multiplicative update, renormalised per row
+        # (step theta / lip keeps it stable; the max-shift avoids overflow).
+        g = -(theta / lip) * grad_g(beta, theta, X, Y)
+        e = beta * jnp.exp(g - jnp.max(g, axis=1, keepdims=True))
+        return e / jnp.sum(e, axis=1, keepdims=True)
 
-    else:
-
-        def T(beta, theta, X, Y, lip):
-            # Mirror descent with the entropy: a multiplicative update, renormalised per row
-            # (step theta / lip keeps it stable; the max-shift avoids overflow).
-            g = -(theta / lip) * grad_g(beta, theta, X, Y)
-            e = beta * jnp.exp(g - jnp.max(g, axis=1, keepdims=True))
-            return e / jnp.sum(e, axis=1, keepdims=True)
+    T = projected_gradient if kind == "pg" else mirror_descent
 
     def iterate(beta0, theta, X, Y, lip):
         return jax.lax.fori_loop(0, iters, lambda _, b: T(b, theta, X, Y, lip), beta0)
@@ -161,7 +161,7 @@ def run(ctx: Context) -> SuiteResult:
     labels, series = [], {"kktbridge": [], "jaxopt": []}
     lam = jnp.asarray(0.5)
     theta = jnp.asarray(1.0)
-    kw = dict(min_total_s=0.2, max_repeats=30)  # the two libraries alternate problem by problem
+    kw: dict[str, Any] = dict(min_total_s=0.2, max_repeats=30)  # the two libraries alternate problem by problem
 
     def record(problem: str, size: str, what: str, fns: dict, arg) -> None:
         times, outs = {}, {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kktbridge._bench import Context, SuiteResult, ratio, time_call
 
 SIZES_FULL = [500, 1000, 2000]
@@ -35,7 +37,7 @@ def run(ctx: Context) -> SuiteResult:
     labels, series = [], {"cpu": [], "gpu": []}
     for n in SIZES_QUICK if ctx.quick else SIZES_FULL:
         ctx.step(f"gpu n={n}")
-        row = {"case": f"ridge KKT n={n}, solve_lu"}
+        row: dict[str, Any] = {"case": f"ridge KKT n={n}, solve_lu"}
         for name, dev in (("cpu", cpu), ("gpu", gpus[0])):
             args = jax.device_put(make_ridge(n), dev)
             f = jax.jit(backward_fn("lu"))  # runs where its (committed) arguments live

@@ -20,6 +20,8 @@ Reported: warm ``value_and_grad`` time and XLA's compiled temporary memory
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from kktbridge._bench import Context, SuiteResult, Target, ratio, time_call
@@ -99,7 +101,7 @@ def run(ctx: Context) -> SuiteResult:
     for p in SIZES_QUICK if ctx.quick else SIZES_FULL:
         ctx.step(f"implicit-vs-unrolled p={p}")
         implicit, unrolled = build(*make_data(p), iters)
-        row = {"features": p}
+        row: dict[str, Any] = {"features": p}
         grads = {}
         for name, loss in (("implicit", implicit), ("unrolled", unrolled)):
             vg = jax.jit(jax.value_and_grad(loss))

@@ -11,7 +11,7 @@ solution is unique). Measured: forward and forward + backward of ``Σ_i c_iᵀ w
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -35,7 +35,9 @@ def make_problem(n: int, k: int, batch: int, seed: int = 0):
     w = cp.Variable(n)
     mu = cp.Parameter(n)
     risk = cp.norm(cp.hstack([F.T @ w, delta * w]), 2)
-    prob = cp.Problem(cp.Maximize(mu @ w), [risk <= sigma, cp.sum(w) == 1, w >= 0])
+    # list[Any]: cvxpy's stubs type `expr == 1` as bool | Equality
+    constraints: list[Any] = [risk <= sigma, cp.sum(w) == 1, w >= 0]
+    prob = cp.Problem(cp.Maximize(mu @ w), constraints)
     mus = 0.05 + 0.1 * rng.random((batch, n))
     cs = rng.standard_normal((batch, n))
     return prob, [mu], [w], mus, cs
@@ -70,7 +72,7 @@ def run(ctx: Context) -> SuiteResult:
         prob, params, variables, mus, cs = make_problem(n, k, batch)
         mus, cs = jnp.asarray(mus), jnp.asarray(cs)
         out: dict[str, Any] = {}
-        makers = [("kktbridge", lambda: CvxpyLayer(prob, params, variables), True)]
+        makers: list[tuple[str, Callable[[], Any], bool]] = [("kktbridge", lambda: CvxpyLayer(prob, params, variables), True)]
         if PeerLayer is not None:
             makers.append(("cvxpylayers.jax", lambda: PeerLayer(prob, params, variables), False))
         for label, make, jit in makers:

@@ -15,17 +15,19 @@ from __future__ import annotations
 import abc
 import concurrent.futures
 import contextlib
+import copy
 import os
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Mapping, Optional, Self, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from kktbridge.core._status import SolverError, Status
+from kktbridge.core._types import ConicStructure, Structure
 
 __all__ = ["Adapter", "ChunkedAdapter", "HostSolution", "call_adapter", "new_token", "pop_native", "quiet_stdout", "thread_pool", "num_workers"]
 
@@ -81,7 +83,17 @@ class Adapter(abc.ABC):
     Subclasses set :attr:`name` and :attr:`kind` and implement :meth:`solve_one`; they may override
     :meth:`solve_batch` to reuse work across a batch (as the OSQP adapter does). Solver libraries
     must be imported inside methods, never at module import.
+
+    Three things reach an adapter, kept apart: per-instance *data* (NumPy arrays, the ``data``
+    dicts), the solver *options* (the user's settings, only the solver's own) and the problem's
+    static *structure* (sizes, cone, sparsity, compiled oracles: a frozen record of
+    :mod:`kktbridge.core._types`), which the bridge hands over once per problem structure through
+    :meth:`prepare`; the prepared adapter reads it as :attr:`structure`.
     """
+
+    #: The structure record of the problem this adapter was prepared for (:meth:`prepare`);
+    #: ``None`` on an adapter that has not been prepared.
+    structure: Optional[Structure] = None
 
     name: ClassVar[str]
     #: problem class served: ``"nlp"``, ``"qp"`` or ``"conic"``.
@@ -103,6 +115,22 @@ class Adapter(abc.ABC):
             except Exception:  # noqa: BLE001 - ImportError, or a broken install raising anything
                 return False
         return True
+
+    def prepare(self, structure: Structure) -> Self:
+        """The adapter that solves the instances of one problem structure.
+
+        Bridges call it once per compiled structure (not per solve) and run that adapter, so the
+        structure travels with it -- to worker processes too (:mod:`kktbridge.adapters._executor`).
+        The default returns a shallow copy whose :attr:`structure` is ``structure``, leaving this
+        (possibly shared, registry-cached) instance untouched. Adapters that need no structure
+        work unchanged; override to check the record or to precompute a per-structure setup.
+
+        Args:
+          structure: the problem's :data:`~kktbridge.core._types.Structure` record.
+        """
+        prepared = copy.copy(self)
+        prepared.structure = structure
+        return prepared
 
     def map_status(self, native: Any) -> Status:
         """Map a native status; anything unlisted is a failure, never a silent success."""
@@ -171,6 +199,31 @@ class Adapter(abc.ABC):
     ) -> list[HostSolution]:
         """Solve consecutive instances in the calling thread (never raises for one instance)."""
         return [self.guarded_solve_one(d, options) for d in part]
+
+
+def cone_and_settings(adapter: Adapter, options: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """A conic adapter's cone (an SCS cone dictionary) and its solver settings.
+
+    The cone is static structure: it comes from the :class:`~kktbridge.core._types.ConicStructure`
+    the adapter was prepared with (as ``solve_conic`` does). An adapter called directly, without
+    :meth:`Adapter.prepare`, may still receive it as ``options["cone"]`` (the earlier contract).
+
+    Returns:
+      ``(cone, settings)`` with ``settings`` the options without any ``"cone"`` entry.
+
+    Raises:
+      ValueError: naming ``cone`` when neither gives one.
+    """
+    settings = dict(options)
+    legacy = settings.pop("cone", None)
+    if isinstance(adapter.structure, ConicStructure):
+        return adapter.structure.cone, settings
+    if legacy is None:
+        raise ValueError(
+            f"cone: the {adapter.name} adapter solves a prepared conic problem (adapter.prepare(ConicStructure(...)), "
+            "as solve_conic does), or takes options['cone'] (an SCS cone dictionary) when called directly"
+        )
+    return legacy, settings
 
 
 class ChunkedAdapter(Adapter):
@@ -384,7 +437,9 @@ def varying_axes(*arrays: Any) -> frozenset:
     """
     axes: frozenset = frozenset()
     typeof = getattr(jax, "typeof", None)  # older JAX: no varying-axes typing, nothing to check
-    for a in arrays if typeof is not None else ():
+    if typeof is None:
+        return axes
+    for a in arrays:
         mat = getattr(typeof(a), "mat", None)
         axes = axes | frozenset(getattr(mat, "varying", None) or ())
     return axes

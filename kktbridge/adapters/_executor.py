@@ -12,9 +12,11 @@ in one worker (:meth:`Adapter.solve_part`):
   processes (forking a process that runs JAX's threads can deadlock).
 * :class:`RayExecutor`: one Ray actor per CPU of the Ray cluster.
 
-For the last two, the adapter and its options travel to the workers as one
-`cloudpickle <https://github.com/cloudpipe/cloudpickle>`_ *payload* per problem structure: the
-NLP bridge's compiled oracles are ``jax.jit`` wrappers of Python functions, which cloudpickle
+For the last two, the adapter -- prepared for the problem structure, so carrying its structure
+record (:meth:`Adapter.prepare <kktbridge.adapters._base.Adapter.prepare>`) -- and its options
+travel to the workers as one `cloudpickle <https://github.com/cloudpipe/cloudpickle>`_ *payload*
+per problem structure: the NLP bridge's compiled oracles (in the
+:class:`~kktbridge.core._types.NLPStructure` record) are ``jax.jit`` wrappers of Python functions, which cloudpickle
 sends as those Python functions (the user's objective and constraints included, by reference
 when their module is importable, by value otherwise), so each worker re-traces and compiles them
 once and keeps the result in a per-worker cache keyed by the payload: the second call of the same
@@ -48,6 +50,7 @@ from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 
+from kktbridge.core._checks import x64_enabled
 from kktbridge.core._status import Status
 
 __all__ = [
@@ -117,7 +120,11 @@ class ThreadExecutor(Executor):
 
 
 class _Payload:
-    """The pickled ``(adapter, options)`` of one problem structure, sent to every worker."""
+    """The pickled ``(adapter, options)`` of one problem structure, sent to every worker.
+
+    The adapter is the one a bridge prepared for the structure, so the structure record (sizes,
+    cone, compiled oracles) is pickled with it.
+    """
 
     __slots__ = ("key", "data", "adapter", "options", "refs")
 
@@ -266,7 +273,7 @@ def _solve_in_worker(key: str, data: bytes, packed: dict, shared: frozenset, x64
     """Solve one part inside a worker; ``("ok", solutions)`` or ``("load-error", message)``."""
     import jax
 
-    if bool(jax.config.jax_enable_x64) != x64:  # float64 in -> float64 computed, in workers too
+    if x64_enabled() != x64:  # float64 in -> float64 computed, in workers too
         jax.config.update("jax_enable_x64", x64)
     with _WORKER_LOCK:
         entry = _WORKER_CACHE.get(key)
@@ -302,13 +309,11 @@ class _RemoteExecutor(Executor):
     PARTS_PER_WORKER: ClassVar[int] = 4
 
     def solve_batch(self, adapter, batch, shared, options):
-        import jax
-
         payload = _payload(adapter, options)
         workers = self.workers
         parts = adapter.batch_parts(len(batch), shared, workers, per_instance=False, parts_per_worker=self.PARTS_PER_WORKER)
         packed = [_pack_part([batch[i] for i in r], shared) for r in parts]
-        outcomes = self._map(payload, packed, shared, bool(jax.config.jax_enable_x64))
+        outcomes = self._map(payload, packed, shared, x64_enabled())
         out, cpu = [], 0.0
         for r, (kind, value, *rest) in zip(parts, outcomes):
             if kind == "load-error":
@@ -458,6 +463,8 @@ class RayExecutor(_RemoteExecutor):
 
     def _map(self, payload, packed, shared, x64):
         ray = self._ray()
+        from ray.exceptions import RayActorError
+
         actors = self._get_actors()
         with self._lock:
             ref = self._refs.get(payload.key)
@@ -470,7 +477,7 @@ class RayExecutor(_RemoteExecutor):
         for f in futures:
             try:
                 outcomes.append(ray.get(f))
-            except ray.exceptions.RayActorError as e:
+            except RayActorError as e:
                 died = True
                 outcomes.append(("died", f"Ray actor died: {type(e).__name__}"))
         if died:

@@ -135,11 +135,11 @@ class DenseQPAdapter(ChunkedAdapter):
                 raise ValueError(f"options: {key!r} is not a {self.name} setting; valid settings: {', '.join(valid)}")
 
     @abc.abstractmethod
-    def setup(self, d: Mapping[str, np.ndarray], settings: Mapping[str, Any]) -> Any:
+    def setup(self, d: Mapping[str, np.ndarray], settings: Mapping[str, Any], /) -> Any:
         """A solver object set up for instance ``d`` (may raise; see :meth:`map_exception`)."""
 
     @abc.abstractmethod
-    def update(self, solver: Any, d: Mapping[str, np.ndarray], settings: Mapping[str, Any]) -> Any:
+    def update(self, solver: Any, d: Mapping[str, np.ndarray], settings: Mapping[str, Any], /) -> Any:
         """The solver set up for ``d``, whose ``P, A, G`` equal the setup's: update ``q, b, h``.
 
         May return a new solver object (e.g. when the pattern of infinite ``h`` rows changed).
@@ -147,7 +147,7 @@ class DenseQPAdapter(ChunkedAdapter):
 
     @abc.abstractmethod
     def solve(self, solver: Any, d: Mapping[str, np.ndarray], warm: Optional[tuple[np.ndarray, np.ndarray]],
-              settings: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, int]:
+              settings: Mapping[str, Any], /) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, int]:
         """Solve; return ``(x, ν, λ, native_status, iterations)`` in kktbridge's convention.
 
         ``warm`` is ``(x0, y0)`` with ``y0 = (ν0, λ0)`` stacked, or ``None``.

@@ -80,10 +80,9 @@ def density_of(batch: Sequence[Mapping[str, np.ndarray]], shared: frozenset) -> 
         nnz = sum(int(np.count_nonzero(coo(batch[0], k).tocsr().data)) for k in MATRICES)
         return nnz / total if total else 1.0
     items = batch[:1] if {"P", "A", "G"} <= shared else batch
-    mask = None
-    for d in items:
-        m = np.vstack([d["P"], d["A"], d["G"]]) != 0
-        mask = m if mask is None else (mask | m)
+    mask = np.vstack([items[0]["P"], items[0]["A"], items[0]["G"]]) != 0
+    for d in items[1:]:
+        mask |= np.vstack([d["P"], d["A"], d["G"]]) != 0
     return float(mask.mean()) if mask.size else 1.0
 
 

@@ -4,7 +4,8 @@ Clarabel (0.11) solves ``min ½xᵀPx + qᵀx s.t. Ax + s = b, s ∈ K'`` with d
 ``Px + q + Aᵀz = 0``; here ``P = 0`` and ``q = c``, so its dual sign convention is SCS's
 (``Aᵀy + c = 0``). The adapter takes exactly the SCS adapter's data (``A, b, c``, with ``A`` dense
 or as coordinates ``A_data, A_rows, A_cols`` turned into CSC without a dense round trip; the SCS
-cone dictionary in ``options["cone"]``) and returns SCS-form ``x, y, s``.
+cone dictionary in the adapter's :class:`~kktbridge.core._types.ConicStructure`) and returns SCS-form
+``x, y, s``.
 
 Not every SCS block is a Clarabel cone as is, so each block ``s_i ∈ K_i`` is rewritten as
 ``T_i s_i ∈ K'_i`` with an invertible ``T_i`` (``T`` is block diagonal over the blocks):
@@ -36,7 +37,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from kktbridge.adapters._base import Adapter, HostSolution
+from kktbridge.adapters._base import Adapter, HostSolution, cone_and_settings
 from kktbridge.adapters.scs import conic_matrix, finite_data
 from kktbridge.core._cones import ALL_CONE_KINDS, ConeSpec, cone_blocks, parse_cone
 from kktbridge.core._status import Status
@@ -88,14 +89,22 @@ def _psd_perm(n: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
+def _clarabel() -> Any:
+    """The ``clarabel`` module, typed ``Any``: its names come from a compiled extension without stubs."""
+    import clarabel
+
+    return clarabel
+
+
 def _clarabel_cones():
     """Translation table, cone kind -> ``(size, param) -> (Clarabel cone, T_i, T_i⁻¹)``.
 
     ``T_i`` maps the block of SCS's ``s`` to Clarabel's convention for the same cone (identity
     where they agree); one entry per kind in :attr:`ClarabelAdapter.CONES`.
     """
-    import clarabel
     import scipy.sparse as sp
+
+    clarabel = _clarabel()
 
     def same(cone):
         return lambda size, param: (cone(size, param), sp.identity(size), sp.identity(size))
@@ -158,8 +167,7 @@ def _failed(n: int, m: int, status: Status, why: Any, iterations: int = 0) -> Ho
 
 def _settings(options: Mapping[str, Any]):
     """``clarabel.DefaultSettings`` with defaults and user options; ``(settings, error)``."""
-    import clarabel
-
+    clarabel = _clarabel()
     settings = clarabel.DefaultSettings()
     for key, value in {**DEFAULT_OPTIONS, **options}.items():
         if not hasattr(settings, key):
@@ -173,7 +181,7 @@ def _settings(options: Mapping[str, Any]):
 
 class ClarabelAdapter(Adapter):
     """Clarabel. Data: ``A, b, c`` (``A`` dense or as coordinates ``A_data, A_rows, A_cols``; ``x0, y0, s0``
-    ignored); ``options["cone"]`` is the SCS cone dict."""
+    ignored); the SCS cone dict is in the :attr:`structure` record."""
 
     name: ClassVar[str] = "clarabel"
     kind: ClassVar[str] = "conic"
@@ -189,13 +197,11 @@ class ClarabelAdapter(Adapter):
 
     def solve_one(self, data: dict[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
         """Solve one SCS-form instance with Clarabel and map the result back to SCS form."""
-        import clarabel
         import scipy.sparse as sp
 
-        options = dict(options)
-        cone = options.pop("cone", None)
-        if cone is None:
-            raise ValueError("cone: the Clarabel adapter needs options['cone'] (an SCS cone dictionary)")
+        clarabel = _clarabel()
+
+        cone, options = cone_and_settings(self, options)
         b, c = (np.asarray(data[k], dtype=np.float64) for k in ("b", "c"))
         m, n = b.shape[0], c.shape[0]
         if not finite_data(data):
@@ -205,7 +211,7 @@ class ClarabelAdapter(Adapter):
         except ValueError as e:
             return _failed(n, m, Status.INVALID_PROBLEM, str(e))
         cones, T, Tinv, why = _translate(spec)
-        if why is not None:
+        if why is not None or T is None or Tinv is None:  # T, Tinv are None exactly when why is set
             return _failed(n, m, Status.INVALID_PROBLEM, why)
         settings, why = _settings(options)
         if why is not None:

@@ -4,8 +4,9 @@ The problem ``min f(x, p) s.t. c_E(x, p) = 0, c_I(x, p) ≤ 0, l ≤ x ≤ u`` r
 ``cl ≤ c(x) ≤ cu`` with ``c = (c_E, c_I)``, ``cl = (0, -inf)``, ``cu = (0, 0)``. Objective,
 gradient, constraints, dense constraint Jacobian and the lower triangle of the Lagrangian Hessian
 ``σ ∇²f + Σ λ_i ∇²c_i`` are compiled once per problem *structure* by the NLP bridge
-(:class:`kktbridge.core._oracles.NLPOracles`, passed as ``options["oracles"]``) and called on the
-host by IPOPT; this adapter does no autodiff itself.
+(:class:`kktbridge.core._oracles.NLPOracles`, handed over in the adapter's
+:class:`~kktbridge.core._types.NLPStructure` record by :meth:`~kktbridge.adapters.Adapter.prepare`)
+and called on the host by IPOPT; this adapter does no autodiff itself.
 
 Multiplier conventions (IPOPT's): ``∇f + J_Eᵀν + J_Iᵀλ - z_L + z_U = 0`` with ``λ, z_L, z_U ≥ 0``,
 which is exactly the Lagrangian kktbridge's KKT residual uses.
@@ -13,12 +14,13 @@ which is exactly the Lagrangian kktbridge's KKT residual uses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Optional
 
 import numpy as np
 
 from kktbridge.adapters._base import Adapter, HostSolution
 from kktbridge.core._status import Status
+from kktbridge.core._types import NLPStructure
 
 if TYPE_CHECKING:  # the bridge builds the oracles; the adapter only calls them
     from kktbridge.core._oracles import NLPOracles
@@ -61,18 +63,21 @@ class _Pair:
     constraint Jacobian costs ``n`` JVPs). Outputs are host float64 arrays.
     """
 
-    def __init__(self, value_fn, both_fn, p):
+    def __init__(self, value_fn: Callable, both_fn: Callable, p: Any):
         self.value_fn, self.both_fn, self.p = value_fn, both_fn, p
-        self.x = None
-        self.value = self.deriv = None
+        self.x: Optional[np.ndarray] = None
+        self.value: np.ndarray = np.zeros(0)  # meaningful once self.x is set
+        self.deriv: Optional[np.ndarray] = None
         self.fused = True  # the first point is always used (IPOPT starts with value + derivative)
 
     def _at(self, x) -> bool:
         return self.x is not None and np.array_equal(self.x, x)
 
-    def _both(self, x):
+    def _both(self, x) -> np.ndarray:
         v, d = self.both_fn(x, self.p)
-        self.x, self.value, self.deriv = np.array(x, copy=True), np.asarray(v, dtype=np.float64), np.asarray(d, dtype=np.float64)
+        deriv = np.asarray(d, dtype=np.float64)
+        self.x, self.value, self.deriv = np.array(x, copy=True), np.asarray(v, dtype=np.float64), deriv
+        return deriv
 
     def get_value(self, x) -> np.ndarray:
         if not self._at(x):
@@ -85,10 +90,11 @@ class _Pair:
         return self.value
 
     def get_deriv(self, x) -> np.ndarray:
-        if not self._at(x) or self.deriv is None:
-            self._both(x)
+        deriv = self.deriv if self._at(x) else None
+        if deriv is None:
+            deriv = self._both(x)
         self.fused = True
-        return self.deriv
+        return deriv
 
 
 class _Problem:
@@ -134,7 +140,11 @@ class _Problem:
 
 
 class IpoptAdapter(Adapter):
-    """IPOPT through cyipopt. Data: ``x0, p, lower, upper`` (flat); oracles in ``options["oracles"]``."""
+    """IPOPT through cyipopt. Data: ``x0, p, lower, upper`` (flat); oracles in the :attr:`structure` record.
+
+    ``options`` are IPOPT's own options only; the adapter must be prepared with an
+    :class:`~kktbridge.core._types.NLPStructure` (as ``solve_nlp`` does) before it solves.
+    """
 
     name: ClassVar[str] = "ipopt"
     kind: ClassVar[str] = "nlp"
@@ -163,11 +173,9 @@ class IpoptAdapter(Adapter):
             def gradient(self, x):
                 return 2 * x
 
-        nlp = cyipopt.Problem(n=1, m=0, problem_obj=_Tiny(), lb=[-1.0], ub=[1.0])
+        nlp = cyipopt.Problem(n=1, m=0, problem_obj=_Tiny(), lb=[-1.0], ub=[1.0])  # pyright: ignore[reportAttributeAccessIssue]  (cyipopt ships no stub for its compiled Problem)
         try:
             for key, value in options.items():
-                if key == "oracles":
-                    continue
                 if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                     raise ValueError(f"options: {key!r} must be a str, int or float for IPOPT, got {type(value).__name__}")
                 try:
@@ -186,8 +194,12 @@ class IpoptAdapter(Adapter):
     def solve_one(self, data: dict[str, np.ndarray], options: Mapping[str, Any]) -> HostSolution:
         import cyipopt
 
-        options = dict(options)
-        oracles = options.pop("oracles")  # kktbridge.core._oracles.NLPOracles
+        if not isinstance(self.structure, NLPStructure):
+            raise ValueError(
+                f"structure: the IPOPT adapter solves a prepared NLP (adapter.prepare(NLPStructure(...)), as "
+                f"solve_nlp does); got {type(self.structure).__name__}"
+            )
+        oracles = self.structure.oracles
         n, m, m_eq = oracles.n, oracles.m, oracles.m_eq
         p = np.asarray(data["p"], dtype=np.float64)
         x0 = np.asarray(data["x0"], dtype=np.float64)
@@ -201,7 +213,8 @@ class IpoptAdapter(Adapter):
         cl = np.concatenate([np.zeros(m_eq), np.full(m - m_eq, -np.inf)])
         cu = np.zeros(m)
         problem = _Problem(oracles, p)
-        nlp = cyipopt.Problem(n=n, m=m, problem_obj=problem, lb=data["lower"], ub=data["upper"], cl=cl, cu=cu)
+        nlp = cyipopt.Problem(n=n, m=m, problem_obj=problem,  # pyright: ignore[reportAttributeAccessIssue]  (no stub, as above)
+                              lb=data["lower"], ub=data["upper"], cl=cl, cu=cu)
         for key, value in {**DEFAULT_OPTIONS, **options}.items():
             nlp.add_option(key, value)
         try:

@@ -208,7 +208,7 @@ class OSQPAdapter(ChunkedAdapter):
                     # non-convex P), which would silently solve the *previous* instance's problem:
                     # call the binding, check its code, and set up afresh on failure.
                     P_x, A_x = mats.values(i)
-                    rc = solver._solver.update_data_mat(
+                    rc = solver._solver.update_data_mat(  # pyright: ignore[reportOptionalMemberAccess]  (set by setup(); osqp types it Optional)
                         P_x=P_x if P_batched else None,
                         P_i=None,
                         A_x=A_x if A_batched else None,

@@ -89,12 +89,18 @@ class PIQPAdapter(DenseQPAdapter):
         for key, value in settings.items():
             if key != "backend":
                 setattr(solver.settings, key, value)
-        conv = sp.csc_matrix if sparse else np.asfortranarray
         m_eq = d["A"].shape[0]
-        A, b = (conv(d["A"]), d["b"]) if m_eq else (None, None)
-        G, h = (conv(d["G"][rows]), d["h"][rows]) if rows.any() else (None, None)
-        P = sp.csc_matrix(np.triu(d["P"])) if sparse else np.asfortranarray(d["P"])
-        solver.setup(P, d["q"], A, b, G, None, h)
+        b = d["b"] if m_eq else None
+        h = d["h"][rows] if rows.any() else None
+        # One branch per backend: each solver class takes its own matrix type.
+        if isinstance(solver, piqp.SparseSolver):
+            A = sp.csc_matrix(d["A"]) if m_eq else None
+            G = sp.csc_matrix(d["G"][rows]) if rows.any() else None
+            solver.setup(sp.csc_matrix(np.triu(d["P"])), d["q"], A, b, G, None, h)
+        else:
+            A = np.asfortranarray(d["A"]) if m_eq else None
+            G = np.asfortranarray(d["G"][rows]) if rows.any() else None
+            solver.setup(np.asfortranarray(d["P"]), d["q"], A, b, G, None, h)
         return solver, rows
 
     def update(self, solver_rows, d, settings):

@@ -157,8 +157,8 @@ class ProxSuiteAdapter(DenseQPAdapter):
         for i, d in enumerate(batch):
             d = {k: np.array(v, dtype=np.float64) for k, v in d.items()}  # writable float64 (see _qp_common)
             why = invalid_data(d)
-            P = 0.5 * (d["P"] + d["P"].T) if why is None else None
-            if why is not None or not is_convex(P):
+            P = 0.5 * (d["P"] + d["P"].T) if why is None else None  # None exactly when the data is invalid
+            if P is None or not is_convex(P):
                 status = Status.INVALID_PROBLEM if why else Status.NON_CONVEX
                 out[i] = failed(n, m_eq, m_ineq, status, why or "P is not positive semidefinite")
                 continue

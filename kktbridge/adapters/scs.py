@@ -3,7 +3,8 @@
 Data: ``A`` (dense ``(m, n)``, converted to CSC) or its coordinates ``A_data, A_rows, A_cols``
 (from a sparse ``solve_conic`` input: the CSC structure is built once from the coordinates, never
 through a dense matrix), ``b``, ``c`` and optional warm start ``x0, y0, s0``. The cone dictionary
-travels in ``options["cone"]`` (it is static: it fixes the shapes).
+is static structure (it fixes the shapes): it comes in the adapter's
+:class:`~kktbridge.core._types.ConicStructure` (:meth:`~kktbridge.adapters.Adapter.prepare`).
 
 Batches (from ``vmap``) are split into one chunk per worker thread. When ``A`` is shared by the
 whole batch, each chunk builds (and factorises) one SCS workspace and then only calls
@@ -22,7 +23,7 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
 
-from kktbridge.adapters._base import ChunkedAdapter, HostSolution
+from kktbridge.adapters._base import ChunkedAdapter, HostSolution, cone_and_settings
 from kktbridge.core._cones import ALL_CONE_KINDS
 from kktbridge.core._status import Status
 
@@ -87,7 +88,7 @@ def _failed(n: int, m: int, status: Status, why: Any) -> HostSolution:
 
 class SCSAdapter(ChunkedAdapter):
     """SCS. Data: ``A, b, c`` (``A`` dense or as coordinates ``A_data, A_rows, A_cols``), optional
-    ``x0, y0, s0``; ``options["cone"]`` is the cone dict."""
+    ``x0, y0, s0``; the cone dict is in the :attr:`structure` record."""
 
     name: ClassVar[str] = "scs"
     kind: ClassVar[str] = "conic"
@@ -116,10 +117,7 @@ class SCSAdapter(ChunkedAdapter):
         """Solve instances sharing ``A`` with one SCS workspace (or one instance)."""
         import scs
 
-        options = dict(options)
-        cone = options.pop("cone", None)
-        if cone is None:
-            raise ValueError("cone: the SCS adapter needs options['cone'] (an SCS cone dictionary)")
+        cone, options = cone_and_settings(self, options)
         settings = {**DEFAULT_OPTIONS, **options}
         m, n = batch[0]["b"].shape[0], batch[0]["c"].shape[0]
         csc = conic_matrix(batch[0])

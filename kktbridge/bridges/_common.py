@@ -23,18 +23,23 @@ import collections
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Mapping, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from kktbridge.core._checks import is_concrete  # noqa: F401  (re-exported for the bridges)
+from kktbridge.core._checks import x64_enabled
 from kktbridge.core._status import SolverError, Status
+from kktbridge.core._types import LinearSolverArg, OnFailure, PyTree, Structure
+
+if TYPE_CHECKING:  # adapters import this package's siblings lazily; types only
+    from kktbridge.adapters import Adapter
+    from kktbridge.core._structured import MatrixFormat
 
 ON_FAILURE = ("raise", "nan")
-
-PyTree = Any
 
 
 class Diagnostics(NamedTuple):
@@ -63,6 +68,7 @@ class Diagnostics(NamedTuple):
 
 
 def check_on_failure(on_failure: str) -> None:
+    """Raise ``ValueError`` unless ``on_failure`` is one of :data:`ON_FAILURE` (typed :data:`OnFailure`)."""
     if on_failure not in ON_FAILURE:
         raise ValueError(f"on_failure: expected one of {ON_FAILURE}, got {on_failure!r}")
 
@@ -126,7 +132,7 @@ def hashable(value: Any) -> Hashable:
     return value
 
 
-def structure(*trees: Any) -> Hashable:
+def structure(*trees: PyTree) -> Hashable:
     """Tree structure plus shape and dtype of every leaf: what a compiled stage depends on."""
     leaves, treedef = jax.tree_util.tree_flatten(trees)
     return (treedef, tuple((tuple(jnp.shape(x)), str(jnp.result_type(x))) for x in leaves))
@@ -185,13 +191,14 @@ class Policy(NamedTuple):
       diagnose: compute the KKT condition number into the diagnostics.
     """
 
-    solve: Any
+    solve: LinearSolverArg
     accept_inaccurate: bool
     residual_tol: float
     diagnose: bool
 
     @classmethod
-    def make(cls, dtype: Any, solve: Any, accept_inaccurate: bool, residual_tol: Optional[float], diagnose: bool) -> "Policy":
+    def make(cls, dtype: DTypeLike, solve: LinearSolverArg, accept_inaccurate: bool, residual_tol: Optional[float],
+             diagnose: bool) -> "Policy":
         tol = default_residual_tol(dtype) if residual_tol is None else float(residual_tol)
         return cls(solve, bool(accept_inaccurate), tol, bool(diagnose))
 
@@ -218,9 +225,14 @@ class BridgePlan:
       it in closed form (QPs): a dense matrix, or the data of ``jacobian_format`` (a
       :class:`~kktbridge.core._structured.MatrixFormat`); the backward then uses it instead of one
       JVP of ``residual`` per unknown.
+
+    ``options`` are the solver's own settings only; what is static about the problem (sizes, cone,
+    sparsity, compiled oracles) is the ``structure`` record, given to the adapter once through
+    :meth:`Adapter.prepare <kktbridge.adapters.Adapter.prepare>`: the pipeline runs
+    :attr:`solver`, the adapter so prepared.
     """
 
-    adapter: Any
+    adapter: "Adapter"
     out_spec: Mapping[str, jax.ShapeDtypeStruct]
     options: Mapping[str, Any]
     host_data: Callable
@@ -231,11 +243,19 @@ class BridgePlan:
     finish: Callable
     policy: Policy
     jacobian: Optional[Callable] = None
-    jacobian_format: Any = None
+    jacobian_format: "MatrixFormat | None" = None
+    structure: Optional[Structure] = None
     stages: dict = field(default_factory=dict, compare=False, hash=False)
+    #: the adapter prepared for ``structure`` (``adapter`` itself without one); set on creation.
+    solver: "Adapter" = field(init=False, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Once per plan: executors pickle one payload per (solver, options) object pair.
+        solver = self.adapter if self.structure is None else self.adapter.prepare(self.structure)
+        object.__setattr__(self, "solver", solver)
 
 
-def default_residual_tol(dtype: Any) -> float:
+def default_residual_tol(dtype: DTypeLike) -> float:
     """Residual above which a returned point is not trusted for derivatives.
 
     ``sqrt(eps)`` of the dtype (1.5e-8 in float64) times 100: well above what the solvers'
@@ -250,7 +270,7 @@ def _solve_stage(plan: BridgePlan, raise_in_callback: bool) -> Callable:
     def stage(args, extra, token):
         data = plan.host_data(args, extra)
         values, status, iters = call_adapter(
-            plan.adapter,
+            plan.solver,
             data,
             plan.out_spec,
             plan.options,
@@ -274,7 +294,7 @@ def _solve_stage(plan: BridgePlan, raise_in_callback: bool) -> Callable:
     return jax.jit(stage)
 
 
-def _kkt_condition(plan: BridgePlan, z: PyTree, args: Any, activity: Any) -> jax.Array:
+def _kkt_condition(plan: BridgePlan, z: PyTree, args: PyTree, activity: PyTree) -> jax.Array:
     from jax.flatten_util import ravel_pytree
 
     z_flat, unravel = ravel_pytree(z)
@@ -317,7 +337,7 @@ def _diff_stage(plan: BridgePlan) -> Callable:
             plan.policy.solve,
             valid=ok,
             fallback=plan.fallback(args, extra),
-            jacobian=None if plan.jacobian is None else (lambda zz, a, act: plan.jacobian(zz, a, act)),
+            jacobian=plan.jacobian,
             jacobian_format=plan.jacobian_format,
         )
         return plan.finish(z, values, args, status, iters, diag)
@@ -333,7 +353,7 @@ def accepted(status: jax.Array, accept_inaccurate: bool) -> jax.Array:
     return ok
 
 
-def run_pipeline(key: Hashable, build: Callable[[], BridgePlan], args: PyTree, extra: PyTree, on_failure: str) -> Any:
+def run_pipeline(key: Hashable, build: Callable[[], BridgePlan], args: PyTree, extra: PyTree, on_failure: OnFailure) -> Any:
     """Solve and differentiate one bridge call (see the module docstring).
 
     Args:
@@ -377,7 +397,7 @@ _WARNED_X64 = [False]
 
 def warn_if_truncated(name: str, value: Any) -> None:
     """Warn once per process when float64 input is silently computed in float32 (x64 disabled)."""
-    if _WARNED_X64[0] or jax.config.jax_enable_x64:
+    if _WARNED_X64[0] or x64_enabled():
         return
     dt = getattr(value, "dtype", None)
     if dt is not None and np.dtype(dt) == np.float64:
@@ -393,5 +413,5 @@ def options_key(options: Mapping[str, Any]) -> Hashable:
     return tuple(sorted((k, hashable(v)) for k, v in options.items()))
 
 
-def solve_key(solve: Any) -> Hashable:
+def solve_key(solve: LinearSolverArg) -> Hashable:
     return hashable(solve) if isinstance(solve, str) or solve is None else ("fn", id(solve), solve)

@@ -32,8 +32,9 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
-from kktbridge.adapters import get_adapter
+from kktbridge.adapters import Adapter, get_adapter
 from kktbridge.bridges._common import (
     BridgePlan,
     Diagnostics,
@@ -46,7 +47,7 @@ from kktbridge.bridges._common import (
     warn_if_truncated,
 )
 from kktbridge.bridges._sparse import Coords, is_sparse, sparse_arg
-from kktbridge.core._cones import parse_cone
+from kktbridge.core._cones import ConeSpec, parse_cone
 from kktbridge.core._conic import (
     DENSE,
     ConicPoint,
@@ -56,6 +57,7 @@ from kktbridge.core._conic import (
     conic_residual_map,
     from_embedding,
 )
+from kktbridge.core._types import ConicStructure, LinearSolverArg, OnFailure
 
 
 class ConicSolution(NamedTuple):
@@ -90,7 +92,7 @@ def _validate(A: Any, b: Any, c: Any, cone: Any):
     return A.astype(dtype), b.astype(dtype), c.astype(dtype), spec
 
 
-def _validate_sparse(A: Any, b: Any, c: Any, cone: Any):
+def _validate_sparse(A: Any, b: Any, c: Any, cone: Any) -> tuple[jax.Array, jax.Array, jax.Array, ConeSpec, Coords]:
     """Sparse ``A``: ``(A_data, b, c, spec, coords)`` with the static pattern ``coords``."""
     warn_if_truncated("c", c)
     c = as_array("c", c, ndim=1)
@@ -125,10 +127,10 @@ def solve_conic(
     c: Any,
     cone: Any,
     *,
-    solver: str = "scs",
-    solve: Any = None,
-    on_failure: str = "raise",
-    warm_start: Optional[tuple[Any, Any, Any]] = None,
+    solver: "str | Adapter" = "scs",
+    solve: LinearSolverArg = None,
+    on_failure: OnFailure = "raise",
+    warm_start: Optional[tuple[ArrayLike, ArrayLike, ArrayLike]] = None,
     accept_inaccurate: bool = False,
     residual_tol: Optional[float] = None,
     diagnose: bool = False,
@@ -226,7 +228,8 @@ def solve_conic(
         return BridgePlan(
             adapter=adapter,
             out_spec={k: jax.ShapeDtypeStruct((d,), dtype) for k, d in (("x", n), ("y", m), ("s", m))},
-            options={**options, "cone": cone_dict},
+            options=dict(options),
+            structure=ConicStructure(n, m, cone_dict, sparse=coords is not None),
             host_data=host_data,
             to_point=lambda v: ConicPoint(v["x"], v["y"] - v["s"]),
             check=lambda z, args: check(z, *args),

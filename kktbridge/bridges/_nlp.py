@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jax.typing import ArrayLike
 
-from kktbridge.adapters import get_adapter
+from kktbridge.adapters import Adapter, get_adapter
 from kktbridge.bridges._common import (
     BridgePlan,
     Diagnostics,
@@ -39,8 +40,7 @@ from kktbridge.bridges._common import (
     warn_if_truncated,
 )
 from kktbridge.core._kkt import KKTPoint, kkt_activity, kkt_residual
-
-PyTree = Any
+from kktbridge.core._types import LinearSolverArg, NLPStructure, OnFailure, PyTree
 
 
 class NLPSolution(NamedTuple):
@@ -190,11 +190,11 @@ def solve_nlp(
     *,
     eq: Optional[Callable[[PyTree, PyTree], jax.Array]] = None,
     ineq: Optional[Callable[[PyTree, PyTree], jax.Array]] = None,
-    lower: Optional[Any] = None,
-    upper: Optional[Any] = None,
-    solver: str = "ipopt",
-    solve: Any = None,
-    on_failure: str = "raise",
+    lower: Optional[ArrayLike] = None,
+    upper: Optional[ArrayLike] = None,
+    solver: "str | Adapter" = "ipopt",
+    solve: LinearSolverArg = None,
+    on_failure: OnFailure = "raise",
     accept_inaccurate: bool = False,
     residual_tol: Optional[float] = None,
     diagnose: bool = False,
@@ -314,7 +314,8 @@ def solve_nlp(
             return jnp.concatenate(parts) if parts else jnp.zeros((0,), xf.dtype)
 
         obj = lambda x, theta: objective(x, theta[0])  # noqa: E731
-        eq_all = (lambda x, theta: jnp.ravel(eq(x, theta[0]))) if eq is not None else None
+        eq_fn = eq  # narrowed to a callable, also inside the lambda
+        eq_all = (lambda x, theta: jnp.ravel(eq_fn(x, theta[0]))) if eq_fn is not None else None
         F = kkt_residual(obj, eq_all, ineq_all)
         check = kkt_activity(obj, eq_all, ineq_all, row_norms=_sparse_row_norms(oracles, ineq_all, unravel_x, dtype, n_bounds=n * (has_upper + has_lower)) if oracles.sparse else None)
         m_all = m_ineq + n * (has_upper + has_lower)
@@ -356,7 +357,8 @@ def solve_nlp(
                 "lower_dual": jax.ShapeDtypeStruct((n,), dtype),
                 "upper_dual": jax.ShapeDtypeStruct((n,), dtype),
             },
-            options={**options, "oracles": oracles},
+            options=dict(options),
+            structure=NLPStructure(n, m_eq, m_ineq, oracles),
             host_data=host_data,
             to_point=to_point,
             check=lambda z, args: check(z, args),

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from kktbridge.adapters import Adapter, get_adapter
 from kktbridge.adapters import auto as _auto
@@ -36,6 +37,7 @@ from kktbridge.bridges._sparse import is_sparse as _is_sparse
 from kktbridge.bridges._sparse import sparse_arg as _sparse_arg
 from kktbridge.core._kkt import KKTPoint, kkt_activity, kkt_residual
 from kktbridge.core._structured import QP_KKT, qp_kkt_dense
+from kktbridge.core._types import LinearSolverArg, MatrixLike, OnFailure, QPStructure
 
 
 class QPSolution(NamedTuple):
@@ -224,7 +226,7 @@ def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: boo
 
     def host_data(args, extra):
         if coords is None:
-            data = dict(zip("P q A b G h".split(), args))
+            data: dict[str, jax.Array] = dict(zip("P q A b G h".split(), args))
         else:
             data = dict(zip("P_data q A_data b G_data h".split(), args))
             for name, c in zip("PAG", coords):
@@ -259,21 +261,22 @@ def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: boo
         fallback=fallback,
         finish=finish,
         policy=policy,
+        structure=QPStructure(n, m_eq, m_ineq, sparse=coords is not None),
     )
 
 
 def solve_qp(
-    P: Any,
-    q: Any,
-    A: Optional[Any] = None,
-    b: Optional[Any] = None,
-    G: Optional[Any] = None,
-    h: Optional[Any] = None,
+    P: MatrixLike,
+    q: ArrayLike,
+    A: Optional[MatrixLike] = None,
+    b: Optional[ArrayLike] = None,
+    G: Optional[MatrixLike] = None,
+    h: Optional[ArrayLike] = None,
     *,
     solver: "str | Adapter" = "auto",
-    solve: Any = None,
-    on_failure: str = "raise",
-    warm_start: Optional[tuple[Any, Any]] = None,
+    solve: LinearSolverArg = None,
+    on_failure: OnFailure = "raise",
+    warm_start: Optional[tuple[ArrayLike, ArrayLike]] = None,
     accept_inaccurate: bool = False,
     residual_tol: Optional[float] = None,
     diagnose: bool = False,

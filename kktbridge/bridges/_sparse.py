@@ -119,4 +119,4 @@ def sparse_arg(name: str, M: Any, shape: tuple[Optional[int], int], dtype: Any) 
         want = "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
         raise ValueError(f"{name}: expected shape {want}, got {mshape}")
     data = as_array(name, data)
-    return data.astype(dtype), Coords(rows.astype(np.int32), cols.astype(np.int32), mshape)
+    return data.astype(dtype), Coords(rows.astype(np.int32), cols.astype(np.int32), (int(mshape[0]), int(mshape[1])))

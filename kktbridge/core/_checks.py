@@ -6,11 +6,18 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.core import Tracer
 
 
 def is_concrete(*trees: Any) -> bool:
     """True when no leaf is a JAX tracer, i.e. when values can be inspected in Python."""
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+    return not any(isinstance(leaf, Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+
+
+def x64_enabled() -> bool:
+    """Whether JAX computes in float64 here (the global ``jax_enable_x64`` flag or a thread's
+    ``jax.enable_x64`` context), read through the public dtype canonicalisation."""
+    return jax.dtypes.canonicalize_dtype(np.float64) == np.float64
 
 
 def check_nonnegative(name: str, value: Any) -> None:

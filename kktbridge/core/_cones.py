@@ -43,7 +43,7 @@ Dual cones use Moreau's decomposition ``v = Π_K(v) - Π_{K^*}(-v)``, i.e. ``Π_
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -115,9 +115,9 @@ def _count(key: str, value: Any) -> int:
 
 def _sizes(key: str, value: Any, minimum: int) -> tuple:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = [value]  # SCS accepts a scalar for a single block
+        return _sizes(key, [value], minimum)  # SCS accepts a scalar for a single block
     try:
-        items = list(value)
+        items = list(cast(Iterable, value))  # anything else must iterate (TypeError below)
     except TypeError:
         raise ValueError(f"cone: entry {key!r} must be a list of integers, got {value!r}") from None
     out = []
@@ -130,7 +130,8 @@ def _sizes(key: str, value: Any, minimum: int) -> tuple:
 
 def _alphas(key: str, value: Any) -> tuple:
     out = []
-    for a in [value] if np.isscalar(value) else value:
+    items: Any = [value] if np.isscalar(value) else value
+    for a in items:
         try:
             a = float(a)
         except (TypeError, ValueError):

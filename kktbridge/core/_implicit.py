@@ -25,19 +25,20 @@ from __future__ import annotations
 
 import collections
 import inspect
+import functools
 import threading
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import eval_jaxpr
 from jax.flatten_util import ravel_pytree
 
 from kktbridge.core import _jax_compat  # noqa: F401  (speeds up eager jax.jacrev; see the module)
 from kktbridge.core._linear_solve import DENSE_MAX_SIZE, LinearSolver, resolve_solver, solve_auto
 from kktbridge.core._structured import DENSE, DenseFormat, MatrixFormat
-
-PyTree = Any
+from kktbridge.core._types import LinearSolverArg, PyTree
 
 __all__ = ["custom_root", "custom_fixed_point", "root_jvp", "root_vjp", "implicit_solution"]
 
@@ -213,11 +214,11 @@ def implicit_solution(
     optimality_fun: Callable[..., PyTree],
     sol: PyTree,
     args: tuple,
-    solve: "LinearSolver | str | None" = None,
+    solve: LinearSolverArg = None,
     *,
-    valid: Optional[Any] = None,
+    valid: Optional[jax.Array] = None,
     fallback: Optional[PyTree] = None,
-    jacobian: Optional[Callable[..., Any]] = None,
+    jacobian: Optional[Callable[..., PyTree]] = None,
     jacobian_format: Optional[MatrixFormat] = None,
 ) -> PyTree:
     """Return ``sol`` unchanged, but differentiable w.r.t. ``args`` through ``optimality_fun``.
@@ -328,7 +329,8 @@ def implicit_solution(
 
 
 _TRACING = threading.local()  # .inside: tracing the body of a cached rule (build it inline)
-_EAGER_CACHE: "collections.OrderedDict[Any, Callable]" = collections.OrderedDict()
+#: structure key -> (compiled rule, solve, fmt); ``solve`` and ``fmt`` kept alive: their ids are in the key.
+_EAGER_CACHE: "collections.OrderedDict[Any, tuple[Callable, Any, Optional[MatrixFormat]]]" = collections.OrderedDict()
 _EAGER_CACHE_SIZE = 128
 _EAGER_LOCK = threading.Lock()
 
@@ -376,19 +378,24 @@ def _compiled_implicit(
         None if fallback is None else jax.tree_util.tree_structure(fallback),
     )
     with _EAGER_LOCK:
-        fn = _EAGER_CACHE.get(key)
-        if fn is not None:
+        entry = _EAGER_CACHE.get(key)
+        if entry is not None:
             _EAGER_CACHE.move_to_end(key)
-    if fn is None:
+    if entry is None:
         jaxpr = closed.jaxpr
-        jaxpr_J = None if closed_J is None else closed_J.jaxpr
 
         def F_args(s, lv, cs):
             flat = jax.tree_util.tree_leaves((s, lv))
-            return jax.tree_util.tree_unflatten(out_tree, jax.core.eval_jaxpr(jaxpr, cs[0], *flat))
+            return jax.tree_util.tree_unflatten(out_tree, eval_jaxpr(jaxpr, cs[0], *flat))
 
-        def J_args(s, lv, cs):
-            return jax.tree_util.tree_unflatten(J_tree, jax.core.eval_jaxpr(jaxpr_J, cs[1], *jax.tree_util.tree_leaves((s, lv))))
+        J_args: Optional[Callable] = None
+        if closed_J is not None:
+            jaxpr_J = closed_J.jaxpr
+
+            def J_eval(s, lv, cs):
+                return jax.tree_util.tree_unflatten(J_tree, eval_jaxpr(jaxpr_J, cs[1], *jax.tree_util.tree_leaves((s, lv))))
+
+            J_args = J_eval
 
         def run(s, lv, cs, ok, fb):
             _TRACING.inside = True
@@ -400,7 +407,7 @@ def _compiled_implicit(
                     solve,
                     valid=ok,
                     fallback=fb,
-                    jacobian=None if jaxpr_J is None else J_args,
+                    jacobian=J_args,
                     jacobian_format=fmt,
                 )
             finally:
@@ -412,7 +419,7 @@ def _compiled_implicit(
             while len(_EAGER_CACHE) > _EAGER_CACHE_SIZE:
                 _EAGER_CACHE.popitem(last=False)
     else:
-        fn = fn[0]
+        fn = entry[0]
     return fn(sol, leaves, consts, valid, fallback)
 
 
@@ -429,9 +436,9 @@ def _as_tuple(x: Any) -> tuple:
 def root_jvp(
     optimality_fun: Callable[..., PyTree],
     sol: PyTree,
-    args: Any,
-    tangents: Any,
-    solve: "LinearSolver | str | None" = None,
+    args: PyTree,
+    tangents: PyTree,
+    solve: LinearSolverArg = None,
 ) -> PyTree:
     """Jacobian-vector product of a root: ``∂z*(θ) θ̇`` with ``F(z*(θ), θ) = 0``.
 
@@ -457,9 +464,9 @@ def root_jvp(
 def root_vjp(
     optimality_fun: Callable[..., PyTree],
     sol: PyTree,
-    args: Any,
+    args: PyTree,
     cotangent: PyTree,
-    solve: "LinearSolver | str | None" = None,
+    solve: LinearSolverArg = None,
 ) -> tuple:
     """Vector-Jacobian product of a root: ``vᵀ ∂z*(θ)`` for every argument in ``args``.
 
@@ -496,7 +503,7 @@ def _bind(signature: inspect.Signature, args: tuple, kwargs: dict) -> tuple[tupl
 def custom_root(
     optimality_fun: Callable[..., PyTree],
     has_aux: bool = False,
-    solve: "LinearSolver | str | None" = None,
+    solve: LinearSolverArg = None,
     reference_signature: Optional[Callable] = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator adding implicit differentiation to a root solver (JAXopt-compatible).
@@ -532,10 +539,8 @@ def custom_root(
             sol = implicit_solution(lambda s, p, k: optimality_fun(s, *p, **k), sol, (pos, kw), solve)
             return (sol, aux) if has_aux else sol
 
-        wrapped.__wrapped__ = solver
-        wrapped.__doc__ = solver.__doc__
-        wrapped.__name__ = getattr(solver, "__name__", "wrapped")
-        return wrapped
+        # __wrapped__, and the solver's __doc__ and __name__ where it has them (a callable object may not).
+        return functools.update_wrapper(wrapped, solver, assigned=("__doc__", "__name__"), updated=())
 
     return decorator
 
@@ -543,7 +548,7 @@ def custom_root(
 def custom_fixed_point(
     fixed_point_fun: Callable[..., PyTree],
     has_aux: bool = False,
-    solve: "LinearSolver | str | None" = None,
+    solve: LinearSolverArg = None,
     reference_signature: Optional[Callable] = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator adding implicit differentiation to a fixed-point solver (JAXopt-compatible).

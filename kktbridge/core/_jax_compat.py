@@ -32,7 +32,7 @@ def _patch_vjp_repr() -> bool:
         return f"<jax VJP {id(self):#x}>"
 
     __repr__.__kktbridge__ = True  # type: ignore[attr-defined]
-    vjp_cls.__repr__ = __repr__
+    setattr(vjp_cls, "__repr__", __repr__)  # patching a JAX class; its stub types __repr__ as bound
     return True
 
 

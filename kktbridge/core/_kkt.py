@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
+from kktbridge.core._types import PyTree
 
 __all__ = ["KKTPoint", "kkt_residual", "kkt_activity", "complementarity", "activity_tol"]
 
@@ -230,7 +230,8 @@ def kkt_activity(
         r = F(z, *args)
         eq_term = jnp.zeros((), dtype)
         if eq is not None and jnp.size(nu):
-            _, vjp_h = jax.vjp(lambda v: jnp.ravel(eq(unravel(v), *args)), x_flat)
+            eq_fn = eq  # narrowed to a callable, also inside the lambda
+            _, vjp_h = jax.vjp(lambda v: jnp.ravel(eq_fn(unravel(v), *args)), x_flat)
             eq_term = _reduce(jnp.abs(vjp_h(nu)[0]), "max")
 
         def lagr(v):
@@ -262,11 +263,12 @@ def kkt_activity(
             empty = jnp.zeros(lam.shape, dtype)
             residual = jnp.maximum(res_stat, res_eq)
             return residual, empty, jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32)
-        g = jnp.ravel(ineq(x, *args))
+        ineq_fn = ineq  # narrowed to a callable, also inside the lambda
+        g = jnp.ravel(ineq_fn(x, *args))
         absent = g == -jnp.inf
         s = -_inactive_if_minus_inf(g)
         if row_norms is None:
-            Jg = jax.jacfwd(lambda v: _inactive_if_minus_inf(jnp.ravel(ineq(unravel(v), *args))))(x_flat)
+            Jg = jax.jacfwd(lambda v: _inactive_if_minus_inf(jnp.ravel(ineq_fn(unravel(v), *args))))(x_flat)
             rn = jax.vmap(_norm)(Jg)
         else:
             rn = row_norms(x_flat, *args)

@@ -502,7 +502,7 @@ def solve_iterative_refinement(
 
         def body(state):
             x, r, it = state
-            x = jax.tree_util.tree_map(jnp.add, x, solve(mv_bar, r))
+            x = jax.tree_util.tree_map(jnp.add, x, inner(mv_bar, r))
             return x, residual(x), it + 1
 
         x, r, _ = jax.lax.while_loop(cond, body, (x0, residual(x0), 0))
@@ -514,8 +514,7 @@ def solve_iterative_refinement(
         return jax.tree_util.tree_map(lambda leaf: leaf * scale.astype(leaf.dtype), x)
 
     x0 = jax.tree_util.tree_map(jnp.zeros_like, b) if init is None else init
-    if solve is None:
-        solve = functools.partial(solve_gmres, check=False)
+    inner: Callable = functools.partial(solve_gmres, check=False) if solve is None else solve
 
     def forward(mv, rhs):
         return refine(mv, matvec_A_bar if matvec_A_bar is not None else _with_ridge(mv, ridge), rhs, x0)

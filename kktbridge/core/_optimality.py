@@ -32,8 +32,8 @@ from jax.flatten_util import ravel_pytree
 
 from kktbridge.core._conic import ConicPoint, conic_residual_map
 from kktbridge.core._kkt import KKTPoint, kkt_residual
+from kktbridge.core._types import PyTree
 
-PyTree = Any
 Prox = Callable[[PyTree, Any, Any], PyTree]
 Projection = Callable[[PyTree, Any], PyTree]
 
@@ -72,8 +72,9 @@ def _check_stepsize(stepsize: Any, name: str = "stepsize") -> None:
     """Reject non-positive step sizes when they are concrete (traced values cannot be checked)."""
     if isinstance(stepsize, bool) or not isinstance(stepsize, (numbers.Real, jax.Array, np.ndarray)):
         raise ValueError(f"{name}: expected a positive real number, got {type(stepsize).__name__}")
-    if jnp.ndim(stepsize) != 0:
-        raise ValueError(f"{name}: expected a scalar, got an array of shape {jnp.shape(stepsize)}")
+    shape = () if isinstance(stepsize, numbers.Real) else tuple(stepsize.shape)  # a Real is a scalar
+    if shape != ():
+        raise ValueError(f"{name}: expected a scalar, got an array of shape {shape}")
     try:
         value = float(stepsize)
     except jax.errors.ConcretizationTypeError:

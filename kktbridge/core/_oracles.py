@@ -113,8 +113,8 @@ class NLPOracles:
             return False
         h_rows = np.asarray(hess_col.sparsity.rows, dtype=np.int64)
         h_cols = np.asarray(hess_col.sparsity.cols, dtype=np.int64)
-        j_rows = np.asarray(jac_col.sparsity.rows, dtype=np.int64) if m else np.zeros(0, np.int64)
-        j_cols = np.asarray(jac_col.sparsity.cols, dtype=np.int64) if m else np.zeros(0, np.int64)
+        j_rows = np.asarray(jac_col.sparsity.rows, dtype=np.int64) if jac_col is not None else np.zeros(0, np.int64)
+        j_cols = np.asarray(jac_col.sparsity.cols, dtype=np.int64) if jac_col is not None else np.zeros(0, np.int64)
         # The KKT matrix [[H, Jᵀ], [J, D]] has nnz(H) + 2 nnz(J) + (m + bound rows) entries at most.
         size = n + m
         density = (h_rows.size + 2 * j_rows.size + size) / float(size) ** 2
@@ -128,7 +128,7 @@ class NLPOracles:
         hess_values = _sparsity.colored_hessian(lagrangian, hess_col)
         lower_idx = np.flatnonzero(lower)
         self.hess = jax.jit(lambda x, p, sigma, lam: hess_values(x, p, sigma, lam)[lower_idx])
-        if m:
+        if jac_col is not None:
             self.c_jac = jax.jit(_sparsity.colored_jacobian(c, jac_col))
         else:
             self.c_jac = jax.jit(lambda x, p: (c(x, p), jnp.zeros((0,), x.dtype)))

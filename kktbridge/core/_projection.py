@@ -33,11 +33,11 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from kktbridge.core._checks import check_nonnegative, is_concrete
 from kktbridge.core._implicit import implicit_solution
-
-PyTree = Any
+from kktbridge.core._types import PyTree
 
 __all__ = [
     "projection_non_negative",
@@ -84,7 +84,7 @@ def _float(x: Any) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-def projection_non_negative(x: PyTree, hyperparams: Any = None) -> PyTree:
+def projection_non_negative(x: PyTree, hyperparams: object = None) -> PyTree:
     r"""Projection onto the non-negative orthant: :math:`\max(x, 0)` elementwise (ReLU).
 
     Args:
@@ -117,7 +117,7 @@ def projection_box(x: PyTree, hyperparams: tuple) -> PyTree:
     return jax.tree_util.tree_map(lambda leaf: clip(leaf, lower, upper), x)
 
 
-def projection_hypercube(x: PyTree, unit: Any = 1.0) -> PyTree:
+def projection_hypercube(x: PyTree, unit: Optional[ArrayLike] = 1.0) -> PyTree:
     r"""Projection onto the hypercube :math:`[0, u]^n`: :math:`\mathrm{clip}(x, 0, u)`.
 
     :func:`projection_box` with ``(0, unit)``.
@@ -168,7 +168,7 @@ def _simplex_flat(v: jax.Array, value: jax.Array) -> jax.Array:
     return jnp.maximum(w - t, 0)
 
 
-def projection_simplex(x: jax.Array, value: Any = 1.0) -> jax.Array:
+def projection_simplex(x: jax.Array, value: Optional[ArrayLike] = 1.0) -> jax.Array:
     r"""Projection onto the (scaled) probability simplex :math:`\{z \ge 0 : \sum_i z_i = s\}`.
 
     Exact sort-based algorithm, :math:`O(d \log d)`: with :math:`u` the values of ``x`` sorted in
@@ -200,7 +200,7 @@ def projection_simplex(x: jax.Array, value: Any = 1.0) -> jax.Array:
 
 
 def projection_sparse_simplex(
-    x: jax.Array, max_nz: int, use_approx_max_nz: bool = False, value: Any = 1.0
+    x: jax.Array, max_nz: int, use_approx_max_nz: bool = False, value: Optional[ArrayLike] = 1.0
 ) -> jax.Array:
     r"""Projection onto the simplex with at most ``max_nz`` nonzero entries.
 
@@ -236,7 +236,7 @@ def projection_sparse_simplex(
     return jnp.zeros_like(x).at[idx].set(_simplex_flat(top, value))
 
 
-def projection_l1_sphere(x: jax.Array, value: Any = 1.0) -> jax.Array:
+def projection_l1_sphere(x: jax.Array, value: Optional[ArrayLike] = 1.0) -> jax.Array:
     r"""A Euclidean projection onto the :math:`\ell_1` sphere :math:`\{z : \|z\|_1 = r\}`.
 
     .. math::  \mathrm{proj}(x) = \mathrm{sgn}(x) \odot \mathrm{proj}_{\Delta_r}(|x|),
@@ -258,7 +258,7 @@ def projection_l1_sphere(x: jax.Array, value: Any = 1.0) -> jax.Array:
     return sign * projection_simplex(jnp.abs(x), jnp.asarray(value, dtype=x.dtype))
 
 
-def projection_l1_ball(x: jax.Array, radius: Any = 1.0) -> jax.Array:
+def projection_l1_ball(x: jax.Array, radius: Optional[ArrayLike] = 1.0) -> jax.Array:
     r"""Projection onto the :math:`\ell_1` ball :math:`\{z : \|z\|_1 \le r\}`.
 
     :math:`x` itself if :math:`\|x\|_1 \le r`, else
@@ -281,14 +281,14 @@ def projection_l1_ball(x: jax.Array, radius: Any = 1.0) -> jax.Array:
 
 def _tree_sq_norm(x: PyTree) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(x)
-    return sum(jnp.sum(leaf * leaf) for leaf in leaves)
+    return jnp.asarray(sum(jnp.sum(leaf * leaf) for leaf in leaves))
 
 
 def _tree_float(x: PyTree) -> PyTree:
     return jax.tree_util.tree_map(_float, x)
 
 
-def projection_l2_ball(x: PyTree, radius: Any = 1.0) -> PyTree:
+def projection_l2_ball(x: PyTree, radius: Optional[ArrayLike] = 1.0) -> PyTree:
     r"""Projection onto the :math:`\ell_2` ball: :math:`x \cdot \min(1, r / \|x\|_2)`.
 
     Args:
@@ -310,7 +310,7 @@ def projection_l2_ball(x: PyTree, radius: Any = 1.0) -> PyTree:
     return jax.tree_util.tree_map(lambda leaf: leaf * factor.astype(leaf.dtype), x)
 
 
-def projection_l2_sphere(x: PyTree, value: Any = 1.0) -> PyTree:
+def projection_l2_sphere(x: PyTree, value: Optional[ArrayLike] = 1.0) -> PyTree:
     r"""Projection onto the :math:`\ell_2` sphere :math:`\{z : \|z\|_2 = r\}`: :math:`r\,x / \|x\|_2`.
 
     Unique for :math:`x \ne 0`. At :math:`x = 0` every point of the sphere is nearest; the
@@ -337,7 +337,7 @@ def projection_l2_sphere(x: PyTree, value: Any = 1.0) -> PyTree:
     )
 
 
-def projection_linf_ball(x: PyTree, radius: Any = 1.0) -> PyTree:
+def projection_linf_ball(x: PyTree, radius: Optional[ArrayLike] = 1.0) -> PyTree:
     r"""Projection onto the :math:`\ell_\infty` ball: :math:`\mathrm{clip}(x, -r, r)`.
 
     Args:
@@ -347,7 +347,7 @@ def projection_linf_ball(x: PyTree, radius: Any = 1.0) -> PyTree:
     if radius is None:
         radius = 1.0
     check_nonnegative("radius", radius)
-    return jax.tree_util.tree_map(lambda leaf: jnp.minimum(jnp.maximum(leaf, -radius), radius), x)
+    return jax.tree_util.tree_map(lambda leaf: jnp.minimum(jnp.maximum(leaf, jnp.negative(radius)), radius), x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,7 +548,7 @@ def _hyperplane_args(name: str, x: Any, hyperparams: Any) -> tuple:
 
 
 def _tree_vdot(u: list, v: list) -> jax.Array:
-    return sum(jnp.vdot(ul, vl) for ul, vl in zip(u, v))
+    return jnp.asarray(sum(jnp.vdot(ul, vl) for ul, vl in zip(u, v)))
 
 
 def projection_hyperplane(x: PyTree, hyperparams: tuple) -> PyTree:
@@ -823,7 +823,7 @@ def projection_order_simplex(x: jax.Array, hyperparams: Optional[tuple] = None) 
 # --------------------------------------------------------------------------------------------
 
 
-def projection_non_negative_kl(x: PyTree, hyperparams: Any = None) -> PyTree:
+def projection_non_negative_kl(x: PyTree, hyperparams: object = None) -> PyTree:
     r"""KL projection onto the non-negative orthant.
 
     .. math::  \operatorname*{argmin}_{z \ge 0} \langle z, \log z - 1 - x\rangle = e^x.
@@ -836,7 +836,7 @@ def projection_non_negative_kl(x: PyTree, hyperparams: Any = None) -> PyTree:
     return jax.tree_util.tree_map(jnp.exp, x)
 
 
-def projection_simplex_kl(x: jax.Array, value: Any = 1.0) -> jax.Array:
+def projection_simplex_kl(x: jax.Array, value: Optional[ArrayLike] = 1.0) -> jax.Array:
     r"""KL projection onto :math:`\{z \ge 0 : \sum_i z_i = s\}`: :math:`s \cdot \mathrm{softmax}(x)`.
 
     Args:
@@ -1047,7 +1047,7 @@ def _euclid_plan(x, f, g):
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter", "newton_steps"))
-def _euclid_transport_dual(x, a, b, f0, max_iter: int, tol: float, newton_steps: int = 8) -> tuple:
+def _euclid_transport_dual(x, a, b, f0, max_iter: int, tol: "float | jax.Array", newton_steps: int = 8) -> tuple:
     """Dual potentials ``(f, g)`` with ``P = max(x + f 1^T + 1 g^T, 0)`` of marginals ``(a, b)``.
 
     Exact block minimisation of the (concave) dual, alternating over rows and columns -- each
@@ -1150,8 +1150,8 @@ def projection_transport(
     """
     x, a, b = _transport_args("projection_transport", sim_matrix, marginals, strict=False)
     xs, as_, bs = jax.lax.stop_gradient((x, a, b))
-    if tol is None:
-        tol = (1e-12 if x.dtype == jnp.float64 else 1e-6) * jnp.sum(as_)
+    # Relative to the total mass sum(a): a traced value, hence an array rather than a float.
+    tol_abs = (1e-12 if x.dtype == jnp.float64 else 1e-6) * jnp.sum(as_) if tol is None else tol
     col_tau = jax.vmap(_simplex_tau, in_axes=(0, 0))
 
     def col_step(f):
@@ -1159,7 +1159,7 @@ def projection_transport(
 
     f0 = jnp.zeros(x.shape[0], x.dtype)
     if make_solver is None:
-        f, g = _euclid_transport_dual(xs, as_, bs, f0, max_iter=max_iter, tol=tol)
+        f, g = _euclid_transport_dual(xs, as_, bs, f0, max_iter=max_iter, tol=tol_abs)
     else:
         if use_semi_dual:
 

@@ -14,14 +14,14 @@ non-negative (checked with a ``ValueError`` when the values are concrete).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from kktbridge.core._checks import check_nonnegative
-
-PyTree = Any
+from kktbridge.core._types import PyTree
 
 __all__ = [
     "prox_none",
@@ -52,7 +52,7 @@ def _soft(x: jax.Array, t: Any) -> jax.Array:
     return jnp.sign(x) * jnp.maximum(jnp.abs(x) - t, 0)
 
 
-def prox_none(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
+def prox_none(x: PyTree, hyperparams: object = None, scaling: ArrayLike = 1.0) -> PyTree:
     r"""Proximity operator of :math:`g = 0`: the identity.
 
     Args:
@@ -64,7 +64,7 @@ def prox_none(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
     return x
 
 
-def prox_lasso(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
+def prox_lasso(x: PyTree, hyperparams: Optional[PyTree] = None, scaling: ArrayLike = 1.0) -> PyTree:
     r"""Soft thresholding, the prox of :math:`g(y) = \lambda \|y\|_1`:
 
     .. math::  \mathrm{prox}_{s g}(x) = \mathrm{sign}(x) \max(|x| - s\lambda, 0).
@@ -80,7 +80,7 @@ def prox_lasso(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree
     return _map(lambda leaf, l: _soft(leaf, scaling * l), x, lam)
 
 
-def prox_non_negative_lasso(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
+def prox_non_negative_lasso(x: PyTree, hyperparams: Optional[PyTree] = None, scaling: ArrayLike = 1.0) -> PyTree:
     r"""Prox of :math:`g(y) = \lambda \sum_i y_i + \iota_{y \ge 0}(y)`:
 
     .. math::  \mathrm{prox}_{s g}(x) = \max(x - s\lambda, 0).
@@ -96,7 +96,7 @@ def prox_non_negative_lasso(x: PyTree, hyperparams: Any = None, scaling: Any = 1
     return _map(lambda leaf, l: jnp.maximum(leaf - scaling * l, 0), x, lam)
 
 
-def prox_elastic_net(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
+def prox_elastic_net(x: PyTree, hyperparams: Optional[PyTree] = None, scaling: ArrayLike = 1.0) -> PyTree:
     r"""Prox of the elastic net :math:`g(y) = \lambda \big(\|y\|_1 + \tfrac{\gamma}{2} \|y\|_2^2\big)`:
 
     .. math::  \mathrm{prox}_{s g}(x) = \frac{\mathrm{sign}(x) \max(|x| - s\lambda, 0)}{1 + s\lambda\gamma}.
@@ -122,7 +122,7 @@ def prox_elastic_net(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> 
     return _map(lambda leaf, a, b: _soft(leaf, scaling * a) / (1 + scaling * a * b), x, lam, gamma)
 
 
-def prox_ridge(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
+def prox_ridge(x: PyTree, hyperparams: Optional[PyTree] = None, scaling: ArrayLike = 1.0) -> PyTree:
     r"""Prox of :math:`g(y) = \tfrac{\lambda}{2}\|y\|_2^2`: :math:`x / (1 + s\lambda)`.
 
     Args:
@@ -136,7 +136,7 @@ def prox_ridge(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree
     return _map(lambda leaf, l: leaf / (1 + scaling * l), x, lam)
 
 
-def prox_non_negative_ridge(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
+def prox_non_negative_ridge(x: PyTree, hyperparams: Optional[PyTree] = None, scaling: ArrayLike = 1.0) -> PyTree:
     r"""Prox of :math:`g(y) = \tfrac{\lambda}{2}\|y\|_2^2 + \iota_{y \ge 0}(y)`: :math:`\max(x, 0) / (1 + s\lambda)`.
 
     Args:
@@ -150,7 +150,7 @@ def prox_non_negative_ridge(x: PyTree, hyperparams: Any = None, scaling: Any = 1
     return _map(lambda leaf, l: jnp.maximum(leaf, 0) / (1 + scaling * l), x, lam)
 
 
-def prox_group_lasso(x: jax.Array, hyperparams: Any = None, scaling: Any = 1.0) -> jax.Array:
+def prox_group_lasso(x: jax.Array, hyperparams: Optional[PyTree] = None, scaling: ArrayLike = 1.0) -> jax.Array:
     r"""Block soft thresholding, the prox of :math:`g(y) = \lambda \|y\|_2`:
 
     .. math::  \mathrm{prox}_{s g}(x) = \max\Big(1 - \frac{s\lambda}{\|x\|_2}, 0\Big)\, x.
@@ -193,7 +193,7 @@ def make_prox_from_projection(projection: Callable) -> Callable:
       ``prox(x, hyperparams=None, scaling=1.0)`` calling ``projection(x, hyperparams)``.
     """
 
-    def prox(x: PyTree, hyperparams: Any = None, scaling: Any = 1.0) -> PyTree:
+    def prox(x: PyTree, hyperparams: Any = None, scaling: ArrayLike = 1.0) -> PyTree:
         del scaling  # the indicator is invariant to positive scaling
         return projection(x, hyperparams)
 

@@ -9,13 +9,14 @@ share ``P``, ``A`` and ``G``, the expensive factorisations are shared by the who
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 import jax
 import jax.numpy as jnp
 import jax.scipy as jsp
 
 from kktbridge.core._linear_solve import _dense_solver, _robust_kernel
+from kktbridge.core._types import PyTree
 
 __all__ = ["MatrixFormat", "DenseFormat", "QPKKTFormat", "DENSE"]
 
@@ -24,15 +25,18 @@ RCOND = 1e-10
 
 
 class MatrixFormat(Protocol):
-    """How an explicitly given IFT matrix (a pytree ``data``) acts on flat vectors."""
+    """How an explicitly given IFT matrix (a pytree ``data``) acts on flat vectors.
 
-    def matvec(self, data: Any, v: jax.Array) -> jax.Array: ...
+    Arguments are positional (implementations name them as they like: ``J`` for a dense matrix).
+    """
 
-    def solve(self, data: Any, b: jax.Array) -> jax.Array: ...
+    def matvec(self, data: PyTree, v: jax.Array, /) -> jax.Array: ...
 
-    def transpose_solve(self, data: Any, b: jax.Array) -> jax.Array: ...
+    def solve(self, data: PyTree, b: jax.Array, /) -> jax.Array: ...
 
-    def dense(self, data: Any) -> jax.Array: ...
+    def transpose_solve(self, data: PyTree, b: jax.Array, /) -> jax.Array: ...
+
+    def dense(self, data: PyTree, /) -> jax.Array: ...
 
 
 class DenseFormat:
