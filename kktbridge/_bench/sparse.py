@@ -18,6 +18,12 @@ QP family (same sizes): ``min ½xᵀPx + qᵀx`` s.t. ``-1 ≤ x ≤ 1`` with a 
 SciPy sparse matrix (``solve_qp`` keeps it sparse: CSC to OSQP, sparse LU backward). Measured: warm
 jitted ``value_and_grad`` of ``q ↦ wᵀx*(q)`` against OSQP's own setup + solve at the same settings
 (``eps = 1e-9``, polishing) in the same run; target ≤ 3×, and the log-log slope ≤ 1.3.
+
+Conic family (same sizes): the LP ``min cᵀx s.t. -1 ≤ Bx ≤ 1`` with a tridiagonal ``B`` passed as a
+SciPy sparse ``A = [B; -B]`` to ``solve_conic`` (SCS gets CSC from the coordinates, the backward a
+sparse LU on the pattern of ``[[0, AᵀDΠ], [A, DΠ - I]]``). Measured: warm jitted
+``value_and_grad`` of ``b ↦ wᵀx*(b)`` against SCS's own setup + solve at kktbridge's default SCS
+settings in the same run; target ≤ 3×, and the log-log slope ≤ 1.3.
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ TOL = 1e-10
 
 
 TARGET_QP_VS_OSQP = 3.0
+TARGET_CONIC_VS_SCS = 3.0
 
 
 def steps(quick: bool) -> int:
-    return 4 * len(SIZES_QUICK if quick else SIZES_FULL)
+    return 6 * len(SIZES_QUICK if quick else SIZES_FULL)
 
 
 def qp_data(n: int):
@@ -62,6 +69,13 @@ def _osqp_peer(P, q, G, h):
         return m.solve().x
 
     return call
+
+
+def _slope_target(res: SuiteResult, prefix: str, what: str, sizes: list, times: list) -> None:
+    """Append the target: log-log slope of ``times`` against ``sizes`` ≤ :data:`TARGET_SLOPE` (from two sizes)."""
+    if len(sizes) >= 2:
+        slope = float(np.polyfit(np.log(sizes), np.log(times), 1)[0])
+        res.targets.append(Target(f"{prefix}log-log slope of {what} time vs n ({sizes[0]}…{sizes[-1]})", slope, TARGET_SLOPE, "<="))
 
 
 def _qp_family(ctx: Context, res: SuiteResult) -> None:
@@ -92,10 +106,60 @@ def _qp_family(ctx: Context, res: SuiteResult) -> None:
         sizes.append(n)
         ours.append(t["median_ms"])
         jax.clear_caches()
-    if len(sizes) >= 2:
-        slope = float(np.polyfit(np.log(sizes), np.log(ours), 1)[0])
-        res.targets.append(Target(f"QP: log-log slope of forward + backward time vs n ({sizes[0]}…{sizes[-1]})",
-                                  slope, TARGET_SLOPE, "<="))
+    _slope_target(res, "QP: ", "forward + backward", sizes, ours)
+
+
+def conic_data(n: int):
+    """Banded LP ``min cᵀx s.t. -1 ≤ Bx ≤ 1`` in SCS form (``A = [B; -B]``, ``b = 1``, orthant),
+    ``B`` tridiagonal and diagonally dominant: a unique nondegenerate vertex ``x* = B⁻¹y*``."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    B = sp.diags([3 + rng.uniform(size=n), rng.uniform(-1, 1, n - 1), rng.uniform(-1, 1, n - 1)], [0, 1, -1])
+    return sp.vstack([B, -B]).tocsc(), np.ones(2 * n), rng.standard_normal(n), rng.standard_normal(n)
+
+
+def _scs_peer(A, b, c):
+    """SCS alone: setup + solve at kktbridge's default SCS settings (what one forward does)."""
+    import scs
+
+    from kktbridge.adapters.scs import DEFAULT_OPTIONS
+
+    def call():
+        return scs.SCS({"A": A, "b": b, "c": c}, {"l": A.shape[0]}, **DEFAULT_OPTIONS).solve()["x"]
+
+    return call
+
+
+def _conic_family(ctx: Context, res: SuiteResult) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from kktbridge import solve_conic
+
+    sizes, ours = [], []
+    for n in SIZES_QUICK if ctx.quick else SIZES_FULL:
+        A, b, c, w = conic_data(n)
+        bj, wj = jnp.asarray(b), jnp.asarray(w)
+        ctx.step(f"sparse LP n={n}: solve_conic")
+
+        def loss(b):
+            return jnp.vdot(wj, solve_conic(A, b, c, {"l": A.shape[0]}, solver="scs").x)
+
+        vg = jax.jit(jax.value_and_grad(loss))
+        repeats = max(1, min(ctx.repeats, 5 if n < 100_000 else 2))
+        t = time_call(lambda: vg(bj), repeats, min_total_s=0.0)
+        _, peak_mib = peak_python_memory(lambda: jax.block_until_ready(vg(bj)))
+        ctx.step(f"sparse LP n={n}: SCS alone")
+        ts = time_call(_scs_peer(A, b, c), repeats, min_total_s=0.0)
+        row = {"family": "LP (banded, conic)", "n": n, "vg_ms": t["median_ms"], "first_ms": t["first_ms"],
+               "peak_host_MiB": peak_mib, "scs_ms": ts["median_ms"], "ours/scs": ratio(t["median_ms"], ts["median_ms"])}
+        res.targets.append(Target(f"LP n={n}: forward + backward / SCS setup + solve", row["ours/scs"], TARGET_CONIC_VS_SCS, "<="))
+        res.rows.append(row)
+        sizes.append(n)
+        ours.append(t["median_ms"])
+        jax.clear_caches()
+    _slope_target(res, "LP: ", "forward + backward", sizes, ours)
 
 
 def chain_f(x, p):
@@ -227,6 +291,7 @@ def run(ctx: Context) -> SuiteResult:
         return SuiteResult("sparse", status="unavailable", reason="unavailable: asdex not installed")
     res = SuiteResult("sparse")
     _qp_family(ctx, res)
+    _conic_family(ctx, res)
     if "ipopt" not in available_solvers():
         res.notes.append("NLP family skipped: cyipopt not installed")
         return res
@@ -265,10 +330,7 @@ def run(ctx: Context) -> SuiteResult:
         sizes.append(n)
         ours.append(t["median_ms"])
         jax.clear_caches()
-    if len(sizes) >= 2:
-        slope = float(np.polyfit(np.log(sizes), np.log(ours), 1)[0])
-        res.targets.append(Target(f"log-log slope of solve + derivative time vs n ({sizes[0]}…{sizes[-1]})",
-                                  slope, TARGET_SLOPE, "<="))
+    _slope_target(res, "", "solve + derivative", sizes, ours)
     res.notes.append("ipopt_alone_ms: the same NLP through cyipopt with hand-written NumPy oracles, forward only -- "
                      "the floor of any cyipopt-based solve with the IPOPT build installed. The CasADi ratio is "
                      "bounded by it: CasADi ships its own IPOPT (3.14 with MUMPS 5.8), whose linear algebra took "
