@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kktbridge.adapters import get_adapter
-from kktbridge.core._checks import is_concrete
+from kktbridge.core._checks import is_concrete, x64_enabled
 from kktbridge.core._cones import psd_dim
 
 __all__ = ["CvxpyLayer"]
@@ -286,7 +286,8 @@ def _native_settings(solver: str) -> Optional[frozenset]:
         if solver == "clarabel":
             import clarabel
 
-            return frozenset(k for k in dir(clarabel.DefaultSettings()) if not k.startswith("_") and k != "default")
+            settings = clarabel.DefaultSettings()  # pyright: ignore[reportAttributeAccessIssue]  (compiled, no stubs)
+            return frozenset(k for k in dir(settings) if not k.startswith("_") and k != "default")
         if solver == "osqp":
             import osqp
             import scipy.sparse as sp
@@ -655,13 +656,15 @@ class CvxpyLayer:
         import cvxpy as cp
         from cvxpy.reductions.solvers.conic_solvers.scs_conif import dims_to_solver_dict
         from cvxpy.utilities import scopes
+        from cvxpy.reductions.dgp2dcp.dgp2dcp import Dgp2Dcp
 
+        from cvxpy.settings import PARAM_PROB
         gp_params: dict = {}
         var_map_extra: dict = {}
         target = problem
         gp = None
         if self.gp:
-            dgp2dcp = cp.reductions.Dgp2Dcp(problem)
+            dgp2dcp = Dgp2Dcp(problem)
             target, gp_inverse = dgp2dcp.apply(problem)
             gp = (dgp2dcp, gp_inverse)
             gp_params = dict(dgp2dcp.canon_methods._parameters)  # original -> log-space parameter
@@ -672,7 +675,7 @@ class CvxpyLayer:
                 data, chain, inverse = target.get_problem_data(solver=cp.OSQP)
             else:
                 data, chain, inverse = target.get_problem_data(solver=cp.SCS, solver_opts={"use_quad_obj": False})
-        pp = data[cp.settings.PARAM_PROB]
+        pp = data[PARAM_PROB]
         var_ids = chain.compose_var_id_map()
         if any(len(v) > 1 for v in var_ids.values()):
             raise NotImplementedError("complex variables are not supported")
@@ -802,7 +805,7 @@ class CvxpyLayer:
             label = f"parameter {i} ({p.name()})"
             if value is None:
                 raise MissingParameterError(f"{label}: got None; a value must be provided for each CVXPY parameter")
-            if isinstance(value, np.ndarray) and value.dtype == np.float64 and not jax.config.jax_enable_x64:
+            if isinstance(value, np.ndarray) and value.dtype == np.float64 and not x64_enabled():
                 _warn_float64_truncation()
             try:
                 arr = jnp.asarray(value)
