@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 SUITES: dict[str, str] = {
     "qp-layer": "qp_layer",
     "qp-solvers": "qp_solvers",
+    "conic-solvers": "conic_solvers",
     "socp-layer": "socp_layer",
     "nlp": "nlp",
     "eager": "eager",

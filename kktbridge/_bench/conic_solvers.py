@@ -31,7 +31,9 @@ def _portfolio(n: int, k: int, seed: int = 0):
     w = cp.Variable(n)
     mu = 0.05 + 0.1 * rng.random(n)
     risk = cp.norm(cp.hstack([F.T @ w, 0.05 * w]), 2)
-    return cp.Problem(cp.Maximize(mu @ w), [risk <= 0.15, cp.sum(w) == 1, w >= 0])
+    # list[Any]: cvxpy's stubs type `expr == 1` as bool | Equality
+    constraints: list[Any] = [risk <= 0.15, cp.sum(w) == 1, w >= 0]
+    return cp.Problem(cp.Maximize(mu @ w), constraints)
 
 
 def _lp(n: int, m: int, seed: int = 0):
@@ -41,7 +43,9 @@ def _lp(n: int, m: int, seed: int = 0):
     x = cp.Variable(n)
     A = rng.standard_normal((m, n))
     b = A @ rng.random(n) + rng.random(m)
-    return cp.Problem(cp.Minimize(rng.standard_normal(n) @ x), [A @ x <= b, cp.abs(x) <= 1])
+    # Box rows written as two inequalities (not |x| <= 1, whose epigraph variables make the LP
+    # degenerate where x_i = 0): a generic vertex, so the solution map is differentiable.
+    return cp.Problem(cp.Minimize(rng.standard_normal(n) @ x), [A @ x <= b, x <= 1, x >= -1])
 
 
 def _entropy(n: int, seed: int = 0):
@@ -49,7 +53,8 @@ def _entropy(n: int, seed: int = 0):
 
     rng = np.random.default_rng(seed)
     x = cp.Variable(n)
-    return cp.Problem(cp.Minimize(rng.standard_normal(n) @ x - cp.sum(cp.entr(x))), [cp.sum(x) == 1])
+    constraints: list[Any] = [cp.sum(x) == 1]
+    return cp.Problem(cp.Minimize(rng.standard_normal(n) @ x - cp.sum(cp.entr(x))), constraints)
 
 
 def _psd_exp(n: int, seed: int = 0):
@@ -60,7 +65,8 @@ def _psd_exp(n: int, seed: int = 0):
     y = cp.Variable(n)
     C = rng.standard_normal((n, n))
     objective = cp.trace((C + C.T) @ X) + cp.log_sum_exp(y) - cp.sum(y) / 2
-    return cp.Problem(cp.Minimize(objective), [cp.trace(X) == 1, cp.abs(y) <= 2, X[0, 0] >= 0.1])
+    constraints: list[Any] = [cp.trace(X) == 1, cp.abs(y) <= 2, X[0, 0] >= 0.1]
+    return cp.Problem(cp.Minimize(objective), constraints)
 
 
 #: (label, builder, quick?)

@@ -34,6 +34,7 @@ from kktbridge.core._checks import is_concrete  # noqa: F401  (re-exported for t
 from kktbridge.core._checks import x64_enabled
 from kktbridge.core._status import SolverError, Status
 from kktbridge.core._types import LinearSolverArg, OnFailure, PyTree, Structure
+from kktbridge.core._xla import stage_jit
 
 if TYPE_CHECKING:  # adapters import this package's siblings lazily; types only
     from kktbridge.adapters import Adapter
@@ -291,7 +292,7 @@ def _solve_stage(plan: BridgePlan, raise_in_callback: bool) -> Callable:
         diag = Diagnostics(residual, jnp.where(ok, margin, jnp.nan), jnp.where(ok, n_weak, -1).astype(jnp.int32), cond)
         return values, status, iters, diag, activity
 
-    return jax.jit(stage)
+    return stage_jit(stage)
 
 
 def _kkt_condition(plan: BridgePlan, z: PyTree, args: PyTree, activity: PyTree) -> jax.Array:
@@ -342,7 +343,7 @@ def _diff_stage(plan: BridgePlan) -> Callable:
         )
         return plan.finish(z, values, args, status, iters, diag)
 
-    return jax.jit(stage)
+    return stage_jit(stage)
 
 
 def accepted(status: jax.Array, accept_inaccurate: bool) -> jax.Array:

@@ -39,6 +39,7 @@ from kktbridge.core import _jax_compat  # noqa: F401  (speeds up eager jax.jacre
 from kktbridge.core._linear_solve import DENSE_MAX_SIZE, LinearSolver, resolve_solver, solve_auto
 from kktbridge.core._structured import DENSE, DenseFormat, MatrixFormat
 from kktbridge.core._types import LinearSolverArg, PyTree
+from kktbridge.core._xla import stage_jit
 
 __all__ = ["custom_root", "custom_fixed_point", "root_jvp", "root_vjp", "implicit_solution"]
 
@@ -413,7 +414,7 @@ def _compiled_implicit(
             finally:
                 _TRACING.inside = False
 
-        fn = jax.jit(run)
+        fn = stage_jit(run)
         with _EAGER_LOCK:
             _EAGER_CACHE[key] = (fn, solve, fmt)  # keep `solve`, `fmt` alive: their ids are in the key
             while len(_EAGER_CACHE) > _EAGER_CACHE_SIZE:

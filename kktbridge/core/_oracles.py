@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kktbridge.core._xla import stage_jit
+
 __all__ = ["NLPOracles"]
 
 
@@ -70,11 +72,11 @@ class NLPOracles:
         def lagrangian(x, p, sigma, lam):
             return sigma * f(x, p) + jnp.vdot(lam, c(x, p))
 
-        self.f_grad = jax.jit(jax.value_and_grad(f))
+        self.f_grad = stage_jit(jax.value_and_grad(f))
         # Values alone for IPOPT's line-search trial points, most of which are rejected and never
         # need a derivative (the pendulum OCP: 280 trial evaluations for 78 accepted iterates).
-        self.f = jax.jit(f)
-        self.c = jax.jit(c)
+        self.f = stage_jit(f)
+        self.c = stage_jit(c)
         self.sparse = False
         if sparse is None or sparse:
             self.sparse = self._try_sparse(c, lagrangian, x_example, p_example, required=bool(sparse))
@@ -89,8 +91,8 @@ class NLPOracles:
         # One compiled call for (f, ∇f) and one for (c, J), besides the value-only f and c: where
         # IPOPT accepts its trial points it asks for the derivative at the point whose value it
         # just had, and the fused call serves both (see the IPOPT adapter's _Problem).
-        self.c_jac = jax.jit(lambda x, p: (c(x, p), jnp.ravel(jax.jacfwd(c)(x, p))))
-        self.hess = jax.jit(hess)
+        self.c_jac = stage_jit(lambda x, p: (c(x, p), jnp.ravel(jax.jacfwd(c)(x, p))))
+        self.hess = stage_jit(hess)
         self.jac_rows, self.jac_cols = (a.ravel() for a in np.indices((self.m, n)))
 
     def _try_sparse(self, c, lagrangian, x, p, required: bool) -> bool:
@@ -127,9 +129,9 @@ class NLPOracles:
         self.kkt_density = density
         hess_values = _sparsity.colored_hessian(lagrangian, hess_col)
         lower_idx = np.flatnonzero(lower)
-        self.hess = jax.jit(lambda x, p, sigma, lam: hess_values(x, p, sigma, lam)[lower_idx])
+        self.hess = stage_jit(lambda x, p, sigma, lam: hess_values(x, p, sigma, lam)[lower_idx])
         if jac_col is not None:
-            self.c_jac = jax.jit(_sparsity.colored_jacobian(c, jac_col))
+            self.c_jac = stage_jit(_sparsity.colored_jacobian(c, jac_col))
         else:
-            self.c_jac = jax.jit(lambda x, p: (c(x, p), jnp.zeros((0,), x.dtype)))
+            self.c_jac = stage_jit(lambda x, p: (c(x, p), jnp.zeros((0,), x.dtype)))
         return True

@@ -50,9 +50,32 @@ def cpu_compiler_options() -> Optional[dict[str, str]]:
     return dict(_YNN_OFF)
 
 
+class _StageJit:
+    """Two compilations of one function: with the compile options at top level, plain when nested.
+
+    JAX accepts ``compiler_options`` only on a top-level ``jax.jit``: a call staged into another
+    trace (the caller's ``jit``, or the tangent part of a reverse-mode derivative) raises a
+    ``ValueError`` at trace time, before anything runs. Such calls get the plain ``jit``, which is
+    inlined into the enclosing computation anyway (and compiled with the caller's options).
+    """
+
+    def __init__(self, fun: Callable[..., Any], options: dict[str, str], kwargs: dict[str, Any]):
+        self._top = jax.jit(fun, compiler_options=options, **kwargs)
+        self._plain = jax.jit(fun, **kwargs)
+        functools.update_wrapper(self, fun)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._top(*args, **kwargs)
+        except ValueError as e:
+            if "compiler_options" not in str(e):
+                raise
+        return self._plain(*args, **kwargs)
+
+
 def stage_jit(fun: Callable[..., Any], **kwargs: Any) -> Any:
-    """``jax.jit(fun, **kwargs)`` with :func:`cpu_compiler_options` (see the module docstring)."""
+    """``jax.jit(fun, **kwargs)`` with :func:`cpu_compiler_options` at top level (module docstring)."""
     options = cpu_compiler_options()
-    if options is not None and "compiler_options" not in kwargs:
-        kwargs["compiler_options"] = options
-    return jax.jit(fun, **kwargs)
+    if options is None or "compiler_options" in kwargs:
+        return jax.jit(fun, **kwargs)
+    return _StageJit(fun, options, kwargs)

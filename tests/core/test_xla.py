@@ -39,3 +39,18 @@ def test_stage_jit_reduces_pad_shifted_tensors_exactly(monkeypatch):
     staged = float(stage_jit(check)(z, p)[0])
     assert eager < 1e-12  # an exact KKT point up to rounding (states reach |s| ~ 500)
     assert staged < 1e-12
+
+
+def test_stage_jit_composes_with_transformations_and_an_outer_jit():
+    """The options are only legal on a top-level jit: nested uses (the caller's jit, vmap, grad,
+    jacrev) fall back to the plain compilation and give the same numbers."""
+    f = stage_jit(lambda x: jnp.sum(jnp.sin(x) * x))
+    x = jnp.linspace(0.1, 1.0, 7)
+    expected = jnp.sum(jnp.sin(x) * x)
+    grad = jnp.sin(x) + x * jnp.cos(x)
+    assert jnp.allclose(f(x), expected, rtol=1e-14)
+    assert jnp.allclose(jax.jit(f)(x), expected, rtol=1e-14)
+    assert jnp.allclose(jax.grad(f)(x), grad, rtol=1e-14)
+    assert jnp.allclose(jax.jit(jax.grad(f))(x), grad, rtol=1e-14)
+    assert jnp.allclose(jax.jacrev(lambda x: f(x)[None])(x)[0], grad, rtol=1e-14)
+    assert jnp.allclose(jax.vmap(f)(jnp.stack([x, 2 * x])), jnp.stack([expected, jnp.sum(jnp.sin(2 * x) * 2 * x)]), rtol=1e-14)
