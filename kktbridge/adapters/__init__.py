@@ -24,6 +24,13 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "scs": ("kktbridge.adapters.scs", "SCSAdapter"),
 }
 
+#: ``solver="auto"`` resolves by problem kind (``_REGISTRY["auto"]`` is the QP one, the default
+#: when no kind is given).
+_AUTO: dict[str, tuple[str, str]] = {
+    "qp": ("kktbridge.adapters.auto", "AutoQPAdapter"),
+    "conic": ("kktbridge.adapters.auto", "AutoConicAdapter"),
+}
+
 _INSTANCES: dict[str, Adapter] = {}
 
 
@@ -35,7 +42,7 @@ def available_solvers(kind: Optional[str] = None) -> list[str]:
     """
     names = []
     for name in _REGISTRY:
-        adapter = get_adapter(name)
+        adapter = get_adapter(name, kind if name == "auto" and kind is not None and kind in _AUTO else None)
         if not type(adapter).is_installed():
             continue
         if kind is None or adapter.kind == kind:
@@ -58,12 +65,15 @@ def get_adapter(name: "str | Adapter", kind: Optional[str] = None) -> Adapter:
         return name
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"solver: unknown solver {name!r}; expected one of {sorted(_REGISTRY)}")
-    if name not in _INSTANCES:
-        module, cls = _REGISTRY[name]
-        _INSTANCES[name] = getattr(importlib.import_module(module), cls)()
-    adapter = _INSTANCES[name]
+    if name == "auto" and kind is not None and kind in _AUTO:
+        key, (module, cls) = f"auto:{kind}", _AUTO[kind]
+    else:
+        key, (module, cls) = name, _REGISTRY[name]
+    if key not in _INSTANCES:
+        _INSTANCES[key] = getattr(importlib.import_module(module), cls)()
+    adapter = _INSTANCES[key]
     if kind is not None and adapter.kind != kind:
-        valid = sorted(n for n, (m, c) in _REGISTRY.items() if _kind_of(n) == kind)
+        valid = sorted(n for n in _REGISTRY if _kind_of(n) == kind or (n == "auto" and kind in _AUTO))
         raise ValueError(f"solver: {name!r} solves {adapter.kind} problems, not {kind}; use one of {valid}")
     return adapter
 

@@ -154,7 +154,9 @@ def solve_conic(
       cone: SCS cone dictionary, e.g. ``{"z": 1, "l": 3, "q": [3], "s": [2], "ep": 1, "p": [0.3]}``
         (keys ``z``/``f``, ``l``, ``q``, ``s``, ``ep``, ``ed``, ``p``; block sizes must add up to
         ``m``; see :mod:`kktbridge.core._cones`). Static: it fixes the shapes.
-      solver: adapter name (``"scs"``).
+      solver: adapter name (``"scs"``, ``"clarabel"``, or ``"auto"``: Clarabel when every cone
+        block is a zero/orthant block, SCS otherwise, each retrying the other's solver-side
+        failures -- see :func:`kktbridge.adapters.auto.choose_conic`) or an ``Adapter`` instance.
       solve: linear solver for the ``(n + m)``-dimensional IFT system; default dense LU with an
         SVD minimum-norm fallback when singular, GMRES above 2048 unknowns (sparse ``A``: a sparse
         LU on the Jacobian's pattern).

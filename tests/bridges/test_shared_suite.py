@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import kktbridge as kb
-from kktbridge.adapters import _REGISTRY, Adapter, available_solvers, get_adapter
+from kktbridge.adapters import _AUTO, _REGISTRY, Adapter, available_solvers, get_adapter
 from kktbridge.core._cones import CONES
 from tests._peers import peer
 
@@ -36,6 +36,12 @@ def _kind(name):
     if name in OPTIONAL:
         peer(OPTIONAL[name])
     return get_adapter(name).kind
+
+
+def _kinds(name) -> set:
+    """Every problem kind the adapter serves: ``"auto"`` resolves per kind (QP and conic)."""
+    kind = _kind(name)
+    return set(_AUTO) if isinstance(name, str) and name == "auto" else {kind}
 
 
 #: Known library bugs this suite reveals: (kind, solver) -> reason. Strict xfail: fixing the bug
@@ -83,7 +89,7 @@ def registered(kind):
     out = []
     for name in _REGISTRY:
         try:
-            if _kind(name) != kind:
+            if kind not in _kinds(name):
                 continue
         except BaseException:  # noqa: BLE001 -- surfaced by test_every_registered_adapter_imports
             pass
@@ -116,7 +122,7 @@ def _check(fun, y=Y):
 
 @pytest.mark.parametrize("solver", _params("qp"))
 def test_qp_adapters_simplex_projection(solver):
-    assert _kind(solver) == "qp"
+    assert "qp" in _kinds(solver)
     n = len(Y)
 
     def fun(y):
@@ -127,7 +133,7 @@ def test_qp_adapters_simplex_projection(solver):
 
 @pytest.mark.parametrize("solver", _params("nlp"))
 def test_nlp_adapters_simplex_projection(solver):
-    assert _kind(solver) == "nlp"
+    assert "nlp" in _kinds(solver)
     f = lambda x, y: 0.5 * jnp.sum((x - y) ** 2)  # noqa: E731
     eq = lambda x, y: jnp.atleast_1d(jnp.sum(x) - 1.0)  # noqa: E731
 
@@ -140,7 +146,7 @@ def test_nlp_adapters_simplex_projection(solver):
 @pytest.mark.parametrize("solver", _params("conic"))
 def test_conic_adapters_simplex_projection(solver):
     # min t  s.t. ||x - y||_2 <= t, 1^T x = 1, x >= 0, variables (x, t): same minimiser.
-    assert _kind(solver) == "conic"
+    assert "conic" in _kinds(solver)
     n = len(Y)
 
     def fun(y):
@@ -255,8 +261,8 @@ def _cone_params():
 
 @pytest.mark.parametrize("solver, name", _cone_params())
 def test_conic_adapters_one_problem_per_cone_kind(solver, name):
-    assert _kind(solver) == "conic"
-    adapter = get_adapter(solver)
+    assert "conic" in _kinds(solver)
+    adapter = get_adapter(solver, "conic")
     supported = getattr(adapter, "CONES", None)
     assert supported is not None, f"{solver}: a conic adapter declares the cone kinds it supports (CONES)"
     assert supported <= {c.kind for c in CONES}, sorted(set(supported) - {c.kind for c in CONES})
