@@ -41,13 +41,7 @@ IDS = [p.name for p in NOTEBOOKS]
 
 #: Notebooks whose committed outputs are not (yet) from a full-size run, and why. The full-size check
 #: is an expected failure for them (strict: once `make notebooks` succeeds for one, remove it here).
-NOT_FULL_SIZE = {
-    "04_svm_hyperparameters.ipynb": "the mirror-descent GMRES stall at m = 700 is fixed (one full-size implicit "
-    "mirror-descent hyper-gradient: 4.9 s at p = 1000, 70 s at p = 10000, was > 8 min and never converged), but "
-    "a full-size run of the whole notebook did not finish within 50 min on the shared 2-core machine (timing "
-    "cell: 6 calls per method and p up to 10000); committed at CI size until `make notebooks` is run on a "
-    "quieter machine",
-}
+NOT_FULL_SIZE: dict[str, str] = {}
 
 
 def _stream_text(cell) -> str:
