@@ -654,11 +654,11 @@ class CvxpyLayer:
 
     def _canonicalize(self, problem: Any, path: str):
         import cvxpy as cp
-        from cvxpy.reductions.solvers.conic_solvers.scs_conif import dims_to_solver_dict
-        from cvxpy.utilities import scopes
         from cvxpy.reductions.dgp2dcp.dgp2dcp import Dgp2Dcp
-
+        from cvxpy.reductions.solvers.conic_solvers.scs_conif import dims_to_solver_dict
         from cvxpy.settings import PARAM_PROB
+        from cvxpy.utilities import scopes
+
         gp_params: dict = {}
         var_map_extra: dict = {}
         target = problem
