@@ -274,9 +274,16 @@ def _arbiter_note(n: int, loss, p: np.ndarray, g_ours: np.ndarray, g_ca: np.ndar
     h = 1e-6
     fd = (float(loss(jnp.asarray(p + h * d), 1e-12)) - float(loss(jnp.asarray(p - h * d), 1e-12))) / (2 * h)
     ours, theirs = float(g_ours @ d), float(g_ca @ d)
-    right = "kktbridge" if abs(ours - fd) < abs(theirs - fd) else "CasADi"
+    if min(abs(ours - fd), abs(theirs - fd)) > 1e-3 * (1.0 + abs(fd)):
+        # Measured at n = 200,001: the bounds u_i = ±20/N make the chain near-degenerate (rows with
+        # λ and s both ~√μ even in a Clarabel solution at 1e-13), the active set is ambiguous for a
+        # handful of rows that each move a long stretch of the chain, and closed-form gradients for
+        # the plausible active sets differ by ~10 %: no single derivative exists to compare with.
+        verdict = "neither matches: the solution map has a kink here (see the weakly active count)"
+    else:
+        verdict = ("kktbridge" if abs(ours - fd) < abs(theirs - fd) else "CasADi") + " is right"
     return (f"chain n={n}: gradients differ; along d = g_ours - g_casadi the central difference (tol 1e-12, "
-            f"h = 1e-6) is {fd:.6e}, kktbridge {ours:.6e}, CasADi {theirs:.6e}: {right} is right")
+            f"h = 1e-6) is {fd:.6e}, kktbridge {ours:.6e}, CasADi {theirs:.6e}: {verdict}")
 
 
 def run(ctx: Context) -> SuiteResult:
