@@ -15,6 +15,7 @@ from kktbridge.bridges._qp import QP_SOLVERS, QPSolution, solve_qp
 from kktbridge.core._implicit import custom_fixed_point, custom_root, implicit_solution, root_jvp, root_vjp
 from kktbridge.core._kkt import KKTPoint, kkt_residual
 from kktbridge.core._status import SolverError, Status
+from kktbridge.core._types import FailurePolicy
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "RayExecutor",
     "SolverError",
     "Status",
+    "FailurePolicy",
     "ThreadExecutor",
     "available_solvers",
     "clear_caches",

@@ -9,6 +9,7 @@ EXPECTED = {
     "CvxpyLayer",
     "Diagnostics",
     "Executor",
+    "FailurePolicy",
     "KKTPoint",
     "NLPSolution",
     "ProcessExecutor",

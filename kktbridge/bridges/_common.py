@@ -33,14 +33,14 @@ from jax.typing import DTypeLike
 from kktbridge.core._checks import is_concrete  # noqa: F401  (re-exported for the bridges)
 from kktbridge.core._checks import x64_enabled
 from kktbridge.core._status import SolverError, Status
-from kktbridge.core._types import LinearSolverArg, OnFailure, PyTree, Structure
+from kktbridge.core._types import FailurePolicy, LinearSolverArg, OnFailure, PyTree, Structure
 from kktbridge.core._xla import stage_jit
 
 if TYPE_CHECKING:  # adapters import this package's siblings lazily; types only
     from kktbridge.adapters import Adapter
     from kktbridge.core._structured import MatrixFormat
 
-ON_FAILURE = ("raise", "nan")
+ON_FAILURE = tuple(p.value for p in FailurePolicy)
 
 
 class Diagnostics(NamedTuple):

@@ -25,6 +25,7 @@ dictionary).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, TypeAlias, Union
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:  # types only: importing these at run time would load JAX, Sci
     from kktbridge.core._oracles import NLPOracles
 
 __all__ = [
-    "PyTree", "ProblemKind", "OnFailure", "LinearSolverArg", "MatrixLike",
+    "PyTree", "ProblemKind", "FailurePolicy", "OnFailure", "LinearSolverArg", "MatrixLike",
     "NLPStructure", "QPStructure", "ConicStructure", "Structure",
 ]
 
@@ -47,8 +48,23 @@ PyTree: TypeAlias = Any
 #: The problem classes adapters serve (``Adapter.kind``).
 ProblemKind: TypeAlias = Literal["nlp", "qp", "conic"]
 
-#: What a bridge does with a failed instance: raise ``SolverError``, or return NaN values and derivatives.
-OnFailure: TypeAlias = Literal["raise", "nan"]
+class FailurePolicy(str, enum.Enum):
+    """What a bridge does with a failed instance (the ``on_failure=`` argument).
+
+    A ``str`` enum: ``FailurePolicy.NAN == "nan"``, so the plain strings stay accepted everywhere.
+
+    Attributes:
+      RAISE: raise :class:`~kktbridge.SolverError` (eager calls; under ``jit``/``vmap`` a runtime
+        error carrying it).
+      NAN: return NaN values *and* NaN derivatives for the failed instances, status kept.
+    """
+
+    RAISE = "raise"
+    NAN = "nan"
+
+
+#: The ``on_failure=`` argument: a :class:`FailurePolicy` or its string value.
+OnFailure: TypeAlias = Union[FailurePolicy, Literal["raise", "nan"]]
 
 #: The ``solve=`` argument: a linear solver ``solve(matvec, b) -> x``, a registered name
 #: (``"lu"``, ``"cg"``, ... see :mod:`kktbridge.linear_solve`), or ``None`` for the default.

@@ -343,3 +343,19 @@ def test_solvers_are_silent_unless_verbose(capfd):
     assert out.out == "" and out.err == "", out
     kb.solve_qp(P, Q3, G=G, h=h, solver="osqp", verbose=True)
     assert "OSQP" in capfd.readouterr().out
+
+
+def test_failure_policy_enum_and_strings_are_the_same_option():
+    """``on_failure`` takes the enum or its string (an infeasible QP: x >= 1 and x <= 0)."""
+    P, q = jnp.eye(1), jnp.zeros(1)
+    G, h = jnp.array([[-1.0], [1.0]]), jnp.array([-1.0, 0.0])
+    for policy in (kb.FailurePolicy.NAN, "nan"):
+        sol = kb.solve_qp(P, q, G=G, h=h, on_failure=policy)
+        assert np.all(np.isnan(sol.x)) and int(sol.status) != int(kb.Status.SOLVED)
+        g = jax.grad(lambda q: kb.solve_qp(P, q, G=G, h=h, on_failure=policy).x.sum())(q)
+        assert np.all(np.isnan(g))
+    for policy in (kb.FailurePolicy.RAISE, "raise"):
+        with pytest.raises(kb.SolverError):
+            kb.solve_qp(P, q, G=G, h=h, on_failure=policy)
+    with pytest.raises(ValueError, match="on_failure: expected one of \\('raise', 'nan'\\)"):
+        kb.solve_qp(P, q, G=G, h=h, on_failure="ignore")  # type: ignore[arg-type]
