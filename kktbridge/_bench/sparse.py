@@ -78,35 +78,50 @@ def _slope_target(res: SuiteResult, prefix: str, what: str, sizes: list, times: 
         res.targets.append(Target(f"{prefix}log-log slope of {what} time vs n ({sizes[0]}…{sizes[-1]})", slope, TARGET_SLOPE, "<="))
 
 
-def _qp_family(ctx: Context, res: SuiteResult) -> None:
-    import jax
-    import jax.numpy as jnp
+def _family(ctx: Context, res: SuiteResult, name: str, family: str, peer: str, target: float, build) -> None:
+    """Time ``value_and_grad`` of one family against its peer's own solve, at every size.
 
-    from kktbridge import solve_qp
+    ``build(n) -> (loss, arg, peer_call)``: the loss of the kktbridge solve, its argument, and the
+    peer's setup + solve (what one kktbridge forward does).
+    """
+    import jax
 
     sizes, ours = [], []
     for n in SIZES_QUICK if ctx.quick else SIZES_FULL:
-        P, q, G, h, w = qp_data(n)
-        qj, wj = jnp.asarray(q), jnp.asarray(w)
-        ctx.step(f"sparse QP n={n}: solve_qp")
-
-        def loss(q):
-            return jnp.vdot(wj, solve_qp(P, q, G=G, h=h, solver="osqp").x)
-
+        loss, arg, peer_call = build(n)
+        ctx.step(f"sparse {name} n={n}: kktbridge")
         vg = jax.jit(jax.value_and_grad(loss))
         repeats = max(1, min(ctx.repeats, 5 if n < 100_000 else 2))
-        t = time_call(lambda: vg(qj), repeats, min_total_s=0.0)
-        _, peak_mib = peak_python_memory(lambda: jax.block_until_ready(vg(qj)))
-        ctx.step(f"sparse QP n={n}: OSQP alone")
-        to = time_call(_osqp_peer(P, q, G, h), repeats, min_total_s=0.0)
-        row = {"family": "QP (tridiagonal, box)", "n": n, "vg_ms": t["median_ms"], "first_ms": t["first_ms"],
-               "peak_host_MiB": peak_mib, "osqp_ms": to["median_ms"], "ours/osqp": ratio(t["median_ms"], to["median_ms"])}
-        res.targets.append(Target(f"QP n={n}: forward + backward / OSQP setup + solve", row["ours/osqp"], TARGET_QP_VS_OSQP, "<="))
+        t = time_call(lambda: vg(arg), repeats, min_total_s=0.0)
+        _, peak_mib = peak_python_memory(lambda: jax.block_until_ready(vg(arg)))
+        ctx.step(f"sparse {name} n={n}: {peer} alone")
+        tp = time_call(peer_call, repeats, min_total_s=0.0)
+        key = peer.lower()
+        row = {"family": family, "n": n, "vg_ms": t["median_ms"], "first_ms": t["first_ms"], "peak_host_MiB": peak_mib,
+               f"{key}_ms": tp["median_ms"], f"ours/{key}": ratio(t["median_ms"], tp["median_ms"])}
+        res.targets.append(Target(f"{name} n={n}: forward + backward / {peer} setup + solve", row[f"ours/{key}"], target, "<="))
         res.rows.append(row)
         sizes.append(n)
         ours.append(t["median_ms"])
         jax.clear_caches()
-    _slope_target(res, "QP: ", "forward + backward", sizes, ours)
+    _slope_target(res, f"{name}: ", "forward + backward", sizes, ours)
+
+
+def _qp_family(ctx: Context, res: SuiteResult) -> None:
+    import jax.numpy as jnp
+
+    from kktbridge import solve_qp
+
+    def build(n):
+        P, q, G, h, w = qp_data(n)
+        wj = jnp.asarray(w)
+
+        def loss(q):
+            return jnp.vdot(wj, solve_qp(P, q, G=G, h=h, solver="osqp").x)
+
+        return loss, jnp.asarray(q), _osqp_peer(P, q, G, h)
+
+    _family(ctx, res, "QP", "QP (tridiagonal, box)", "OSQP", TARGET_QP_VS_OSQP, build)
 
 
 def conic_data(n: int):
@@ -132,34 +147,20 @@ def _scs_peer(A, b, c):
 
 
 def _conic_family(ctx: Context, res: SuiteResult) -> None:
-    import jax
     import jax.numpy as jnp
 
     from kktbridge import solve_conic
 
-    sizes, ours = [], []
-    for n in SIZES_QUICK if ctx.quick else SIZES_FULL:
+    def build(n):
         A, b, c, w = conic_data(n)
-        bj, wj = jnp.asarray(b), jnp.asarray(w)
-        ctx.step(f"sparse LP n={n}: solve_conic")
+        wj = jnp.asarray(w)
 
         def loss(b):
             return jnp.vdot(wj, solve_conic(A, b, c, {"l": A.shape[0]}, solver="scs").x)
 
-        vg = jax.jit(jax.value_and_grad(loss))
-        repeats = max(1, min(ctx.repeats, 5 if n < 100_000 else 2))
-        t = time_call(lambda: vg(bj), repeats, min_total_s=0.0)
-        _, peak_mib = peak_python_memory(lambda: jax.block_until_ready(vg(bj)))
-        ctx.step(f"sparse LP n={n}: SCS alone")
-        ts = time_call(_scs_peer(A, b, c), repeats, min_total_s=0.0)
-        row = {"family": "LP (banded, conic)", "n": n, "vg_ms": t["median_ms"], "first_ms": t["first_ms"],
-               "peak_host_MiB": peak_mib, "scs_ms": ts["median_ms"], "ours/scs": ratio(t["median_ms"], ts["median_ms"])}
-        res.targets.append(Target(f"LP n={n}: forward + backward / SCS setup + solve", row["ours/scs"], TARGET_CONIC_VS_SCS, "<="))
-        res.rows.append(row)
-        sizes.append(n)
-        ours.append(t["median_ms"])
-        jax.clear_caches()
-    _slope_target(res, "LP: ", "forward + backward", sizes, ours)
+        return loss, jnp.asarray(b), _scs_peer(A, b, c)
+
+    _family(ctx, res, "LP", "LP (banded, conic)", "SCS", TARGET_CONIC_VS_SCS, build)
 
 
 def chain_f(x, p):
