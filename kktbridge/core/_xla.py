@@ -62,14 +62,20 @@ class _StageJit:
     def __init__(self, fun: Callable[..., Any], options: dict[str, str], kwargs: dict[str, Any]):
         self._top = jax.jit(fun, compiler_options=options, **kwargs)
         self._plain = jax.jit(fun, **kwargs)
+        # Argument kinds (the leaves' types: arrays, or the tracers of a transformation) whose
+        # call was refused once: they go straight to the plain jit, without re-tracing to fail.
+        self._nested: set[tuple[type, ...]] = set()
         functools.update_wrapper(self, fun)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return self._top(*args, **kwargs)
-        except ValueError as e:
-            if "compiler_options" not in str(e):
-                raise
+        kinds = tuple(type(leaf) for leaf in jax.tree_util.tree_leaves((args, kwargs)))
+        if kinds not in self._nested:
+            try:
+                return self._top(*args, **kwargs)
+            except ValueError as e:
+                if "compiler_options" not in str(e):
+                    raise
+                self._nested.add(kinds)
         return self._plain(*args, **kwargs)
 
 
