@@ -99,14 +99,16 @@ _QP_CHECK = kkt_activity(
 
 def _qp_kkt_blocks(z: KKTPoint, data, active: jax.Array) -> tuple:
     """``∂_z F`` of :data:`_QP_KKT` in closed form, as the blocks of
-    :func:`kktbridge.core._structured.qp_kkt_dense`: ``(P_s, A, G_f, d)`` with ``P_s = (P + Pᵀ)/2``,
-    ``G_f`` = ``G`` with the absent rows (``h_i = +inf``, constant in the residual) zeroed, and
-    ``d`` the active rows (``kkt_activity``). The backward solves with them by a Schur complement
+    :func:`kktbridge.core._structured.qp_kkt_dense`: ``(P_s, A, G, d, f)`` with ``P_s = (P + Pᵀ)/2``,
+    ``d`` the active rows (``kkt_activity``) and ``f`` the rows with a finite ``h`` (an absent row,
+    ``h_i = +inf``, is constant in the residual). The backward solves with them by a Schur complement
     (:class:`~kktbridge.core._structured.QPKKTFormat`) instead of ``n + m`` JVPs and a dense LU.
+    ``G`` is passed unmasked: under ``vmap`` over instances with a shared ``G`` and batched ``h``,
+    a masked copy would be batched and every factorisation would be repeated per instance.
     """
     P, _, A, _, G, h = data
     d = (active > 0.5).astype(P.dtype)
-    return 0.5 * (P + P.T), A, jnp.where(jnp.isfinite(h)[:, None], G, 0), d
+    return 0.5 * (P + P.T), A, G, d, jnp.isfinite(h).astype(P.dtype)
 
 
 def _qp_kkt_matrix(z: KKTPoint, data, active: jax.Array) -> jax.Array:

@@ -62,8 +62,14 @@ DENSE = DenseFormat()
 
 
 def _qp_blocks(data):
-    Ps, A, Gf, d = data
-    return Ps, A, Gf, d, A.shape[0], Gf.shape[0]
+    """``(P_s, A, G, d, f, p, m)``: ``f`` marks the rows of ``G`` with a finite ``h`` (all when absent).
+
+    ``G`` itself stays unmasked (``G_f = diag(f) G`` is applied as a vector mask) so that a batch
+    sharing ``G`` but not ``h`` still shares every factorisation that involves ``G``.
+    """
+    Ps, A, G, d = data[:4]
+    f = data[4] if len(data) > 4 else jnp.ones(G.shape[:1], G.dtype)
+    return Ps, A, G, d, f, A.shape[0], G.shape[0]
 
 
 def qp_kkt_dense(data) -> jax.Array:
@@ -71,9 +77,11 @@ def qp_kkt_dense(data) -> jax.Array:
 
     .. math:: \begin{pmatrix} P_s & A^\top & G_f^\top \\ A & 0 & 0 \\ -D G_f & 0 & I - D \end{pmatrix}
 
-    with ``D = diag(d)`` the active rows and ``G_f`` the rows with a finite ``h`` (others zero).
+    with ``D = diag(d)`` the active rows and ``G_f = diag(f) G`` the rows with a finite ``h``
+    (others zero; ``data = (P_s, A, G, d[, f])``).
     """
-    Ps, A, Gf, d, p, m = _qp_blocks(data)
+    Ps, A, G, d, f, p, m = _qp_blocks(data)
+    Gf = f[:, None] * G
     dt = Ps.dtype
     z = lambda r, c: jnp.zeros((r, c), dt)  # noqa: E731
     return jnp.block([[Ps, A.T, Gf.T], [A, z(p, p), z(p, m)], [-d[:, None] * Gf, z(m, p), jnp.diag(1 - d)]])
@@ -98,13 +106,15 @@ def _saddle_factor(Ps, C0, c, e):
     return L, LS, _chol_ok(L) & _chol_ok(LS)
 
 
-def _saddle_solve(L, LS, C, e, bx, by):
-    """Solve ``[[P_s, Cᵀ], [C, -diag(e)]] [x; y] = [bx; by]`` with the factors of :func:`_saddle_factor`."""
+def _saddle_solve(L, LS, C0, c, bx, by):
+    """Solve ``[[P_s, Cᵀ], [C, -diag(e)]] [x; y] = [bx; by]``, ``C = diag(c) C0``, with the factors
+    of :func:`_saddle_factor`. ``C`` is never formed: per instance only ``c`` differs, and a batch of
+    masked copies of ``C0`` would cost more memory traffic than the solve itself."""
     # Right-hand sides as (k, 1) columns: XLA's CPU triangular solve is far slower on vectors.
     bx, by = bx[:, None], by[:, None]
     Pinv_bx = jsp.linalg.cho_solve((L, True), bx)
-    y = jsp.linalg.cho_solve((LS, True), C @ Pinv_bx - by)
-    x = jsp.linalg.cho_solve((L, True), bx - C.T @ y)
+    y = jsp.linalg.cho_solve((LS, True), c[:, None] * (C0 @ Pinv_bx) - by)
+    x = jsp.linalg.cho_solve((L, True), bx - C0.T @ (c[:, None] * y))
     return x[:, 0], y[:, 0]
 
 
@@ -119,31 +129,32 @@ def _qp_structured(data, b, transpose: bool):
     Not trustworthy (``ok = False``) when ``P_s`` is not positive definite or the active
     constraints are (nearly) dependent: the caller then uses the dense robust solve.
     """
-    Ps, A, Gf, d, p, m = _qp_blocks(data)
+    Ps, A, G, d, f, p, m = _qp_blocks(data)
     n = Ps.shape[0]
-    C0 = jnp.concatenate([A, Gf])
-    c = jnp.concatenate([jnp.ones((p,), Ps.dtype), d])
+    # C = diag(c) [A; G] = diag([1; d]) [A; G_f]: the finite-row mask folds into the row mask.
+    # (An "active" absent row keeps S_ii = 0, so the factor is refused, as for the dense matrix.)
+    C0 = jnp.concatenate([A, G])
+    c = jnp.concatenate([jnp.ones((p,), Ps.dtype), d * f])
     e = jnp.concatenate([jnp.zeros((p,), Ps.dtype), 1 - d])
     L, LS, ok = _saddle_factor(Ps, C0, c, e)
-    C = c[:, None] * C0
     bx, bnu, blam = b[:n], b[n : n + p], b[n + p :]
     if not transpose:
-        x, y = _saddle_solve(L, LS, C, e, bx - Gf.T @ ((1 - d) * blam), jnp.concatenate([bnu, -d * blam]))
+        x, y = _saddle_solve(L, LS, C0, c, bx - G.T @ (f * (1 - d) * blam), jnp.concatenate([bnu, -d * blam]))
         z = jnp.concatenate([x, y[:p], d * y[p:] + (1 - d) * blam])
     else:
-        x, y = _saddle_solve(L, LS, C, e, bx, jnp.concatenate([bnu, d * blam]))
-        z = jnp.concatenate([x, y[:p], -d * y[p:] + (1 - d) * (blam - Gf @ x)])
+        x, y = _saddle_solve(L, LS, C0, c, bx, jnp.concatenate([bnu, d * blam]))
+        z = jnp.concatenate([x, y[:p], -d * y[p:] + (1 - d) * (blam - f * (G @ x))])
     return z, ok & jnp.all(jnp.isfinite(z))
 
 
 def _qp_matvec(data, v, transpose: bool) -> jax.Array:
     """``J v`` (or ``Jᵀ v``) from the blocks, never forming ``J``."""
-    Ps, A, Gf, d, p, m = _qp_blocks(data)
+    Ps, A, G, d, f, p, m = _qp_blocks(data)
     n = Ps.shape[0]
     x, nu, lam = v[:n], v[n : n + p], v[n + p :]
     if transpose:
-        return jnp.concatenate([Ps @ x + A.T @ nu - Gf.T @ (d * lam), A @ x, Gf @ x + (1 - d) * lam])
-    return jnp.concatenate([Ps @ x + A.T @ nu + Gf.T @ lam, A @ x, -d * (Gf @ x) + (1 - d) * lam])
+        return jnp.concatenate([Ps @ x + A.T @ nu - G.T @ (f * d * lam), A @ x, f * (G @ x) + (1 - d) * lam])
+    return jnp.concatenate([Ps @ x + A.T @ nu + G.T @ (f * lam), A @ x, -d * f * (G @ x) + (1 - d) * lam])
 
 
 def _qp_refined(data, b, transpose: bool):
@@ -185,7 +196,7 @@ def _make_qp_solver(transpose: bool) -> Callable:
 
 
 class QPKKTFormat:
-    """A QP's KKT matrix as blocks ``(P_s, A, G_f, d)``; see :func:`qp_kkt_dense` and :func:`_qp_structured`."""
+    """A QP's KKT matrix as blocks ``(P_s, A, G, d[, f])``; see :func:`qp_kkt_dense` and :func:`_qp_structured`."""
 
     def __init__(self) -> None:
         self._solve = _make_qp_solver(False)
