@@ -21,7 +21,8 @@ the bounds; DAQP then starts from the previous instance's working set -- an acti
 passed as ``primal_start`` / ``dual_start`` (DAQP derives the initial working set from them).
 
 Singular ``P`` (e.g. an LP part): DAQP's automatic proximal-point regularisation (``eps_prox < 0``)
-solves a sequence of strictly convex problems; an indefinite ``P`` is detected by DAQP itself
+solves a sequence of strictly convex problems, and the KKT system of its final working set is then
+re-solved exactly (:func:`_polish`); an indefinite ``P`` is detected by DAQP itself
 (exit flag ``-5``, ``NON_CONVEX``). DAQP needs linearly independent active rows: redundant
 equalities are removed by its ``eq_reduction`` (automatic by default), and an instance whose
 working set stays overdetermined fails as ``INVALID_PROBLEM`` (exit flag ``-6``), never silently.
@@ -51,10 +52,64 @@ _STATUS: dict[int, Status] = {
 }
 
 #: ``primal_tol`` 1e-10 (default 1e-6): the largest violation an inactive row may keep, i.e. the
-#: solution's accuracy on constraints. ``verbose`` is accepted for uniformity (DAQP never prints).
-DEFAULT_OPTIONS: dict[str, Any] = {"primal_tol": 1e-10, "iter_limit": 10_000}
+#: solution's accuracy on constraints. ``eta_prox`` 1e-10: the stopping tolerance of the proximal-point
+#: outer loop for a singular ``P``; DAQP's default stops it at ~1e-6 and left x off by 2e-7 on a
+#: cvxpy-canonicalised least-squares QP (P = diag(0, I)), where 1e-10 reaches 1e-10.
+#: ``verbose`` is accepted for uniformity (DAQP never prints).
+DEFAULT_OPTIONS: dict[str, Any] = {"primal_tol": 1e-10, "eta_prox": 1e-10, "iter_limit": 10_000}
 
 _EQ, _INEQ = 5, 0  # sense flags: active + immutable (equality); plain inequality
+
+
+def _singular(P: np.ndarray) -> bool:
+    """Whether DAQP will solve ``P`` by proximal-point iterations (not positive definite)."""
+    try:
+        L = np.linalg.cholesky(P)
+    except np.linalg.LinAlgError:
+        return True
+    piv = np.diag(L) ** 2
+    return bool(piv.size) and bool(piv.min() <= 1e-10 * piv.max())
+
+
+def _polish(d: Mapping[str, np.ndarray], x: np.ndarray, lam: np.ndarray, primal_tol: float) -> tuple[np.ndarray, np.ndarray]:
+    r"""Re-solve the KKT system of DAQP's final working set exactly.
+
+    With a singular ``P`` DAQP's answer is the limit of proximal-point iterations, accurate only to
+    their stopping tolerance (~1e-10 at ``eta_prox = 1e-10``: a finite-difference check with step
+    1e-5 then sees 1e-5 of noise). Its working set ``W`` (equalities and rows with ``λ_i ≠ 0``)
+    is, however, the right one, so
+
+    .. math:: \begin{pmatrix} P & C_W^\top \\ C_W & 0 \end{pmatrix}
+              \begin{pmatrix} x \\ λ_W \end{pmatrix} = \begin{pmatrix} -q \\ u_W \end{pmatrix}
+
+    gives the exact point (as OSQP's polishing does). Kept only when that system is nonsingular
+    and the point stays primal feasible (``primal_tol``) and dual feasible; otherwise DAQP's point.
+    """
+    A, G, P = d["A"], d["G"], d["P"]
+    m_eq = A.shape[0]
+    W = np.concatenate([np.arange(m_eq), m_eq + np.flatnonzero(lam[m_eq:] != 0.0)])
+    C = np.vstack([A, G])[W]
+    u = np.concatenate([d["b"], d["h"]])[W]
+    n, k = P.shape[0], W.size
+    K = np.block([[P, C.T], [C, np.zeros((k, k))]])
+    try:
+        sol = np.linalg.solve(K, np.concatenate([-d["q"], u]))
+    except np.linalg.LinAlgError:
+        return x, lam
+    xp, lw = sol[:n], sol[n:]
+    lam_p = np.zeros_like(lam)
+    lam_p[W] = lw
+    scale = 1.0 + np.abs(np.concatenate([d["h"][np.isfinite(d["h"])], d["b"]])).max(initial=0.0)
+    feasible = (
+        np.all(np.isfinite(sol))
+        and np.all(G @ xp - d["h"] <= primal_tol * scale)
+        and np.all(lam_p[m_eq:] >= -1e-9 * (1.0 + np.abs(lam_p).max(initial=0.0)))
+    )
+    # The new point must not be worse than DAQP's on stationarity (guards a nearly singular K).
+    stat = lambda z, l: np.abs(P @ z + d["q"] + np.vstack([A, G]).T @ l).max(initial=0.0)  # noqa: E731
+    if not feasible or stat(xp, lam_p) > max(stat(x, lam), 1e-12 * (1.0 + np.abs(d["q"]).max(initial=0.0))):
+        return x, lam
+    return xp, np.where(np.arange(lam.size) >= m_eq, np.maximum(lam_p, 0.0), lam_p)
 
 
 class DAQPAdapter(DenseQPAdapter):
@@ -93,7 +148,7 @@ class DAQPAdapter(DenseQPAdapter):
             warm = {"primal_start": np.asarray(d["x0"], np.float64), "dual_start": np.asarray(d["y0"], np.float64)}
         flag, _ = model.setup(np.ascontiguousarray(d["P"]), d["q"], C, upper, lower, sense, **warm)
         # A failed setup (e.g. -5 for an indefinite P) is reported by solve() as its exit flag.
-        return [model, int(flag)]
+        return [model, int(flag), _singular(d["P"])]
 
     def update(self, solver, d, settings):
         if "x0" in d or solver[1] < 0:  # explicit warm starts go to setup; so does a failed setup
@@ -106,10 +161,12 @@ class DAQPAdapter(DenseQPAdapter):
         return solver
 
     def solve(self, solver, d, warm: Optional[tuple], settings):
-        model, setup_flag = solver
+        model, setup_flag = solver[0], solver[1]
         if setup_flag < 0:
             return None, None, None, setup_flag, 0
         x, _, flag, info = model.solve()
-        lam = np.asarray(info["lam"], np.float64)
+        x, lam = np.asarray(x, np.float64), np.asarray(info["lam"], np.float64)
+        if int(flag) == 1 and solver[2]:
+            x, lam = _polish(d, x, lam, settings["primal_tol"])
         m_eq = d["A"].shape[0]
-        return np.asarray(x, np.float64), lam[:m_eq], lam[m_eq:], int(flag), int(info["iterations"])
+        return x, lam[:m_eq], lam[m_eq:], int(flag), int(info["iterations"])

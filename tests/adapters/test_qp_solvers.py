@@ -34,11 +34,15 @@ def solver(request):
     return request.param
 
 
-def planted(seed, n=6, m_eq=2, m_ineq=6, n_active=2, inf_rows=0, redundant=False):
-    """A QP with known unique solution ``(x, ν, λ)`` (see the module docstring)."""
+def planted(seed, n=6, m_eq=2, m_ineq=6, n_active=2, inf_rows=0, redundant=False, rank=None):
+    """A QP with known unique solution ``(x, ν, λ)`` (see the module docstring).
+
+    ``rank``: a singular ``P = FFᵀ`` of that rank (the solution stays unique while the active rows
+    and ``P`` have no common null direction, generic when ``m_eq + n_active ≥ n - rank``).
+    """
     rng = np.random.default_rng(seed)
     F = rng.standard_normal((n, n))
-    P = F @ F.T / n + np.eye(n)
+    P = F @ F.T / n + np.eye(n) if rank is None else F[:, :rank] @ F[:, :rank].T
     A = rng.standard_normal((m_eq, n))
     G = rng.standard_normal((m_ineq, n))
     x = rng.standard_normal(n)
@@ -104,6 +108,31 @@ def test_agrees_with_truth_and_osqp_and_dual_signs(solver, case):
         assert np.abs(v["ineq_dual"][inactive]).max(initial=0.0) < 1e-8
         if case != "redundant":  # unique multipliers: they must match
             assert rel_err(v["eq_dual"], nu) < 1e-7 and rel_err(v["ineq_dual"], lam) < 1e-7
+
+
+def test_singular_P_solutions_are_exact(solver):
+    """A singular P (cvxpy's canonical least squares has P = diag(0, I)): DAQP's proximal-point
+    answer is polished on its working set, so every solver returns the planted point to ~1e-12, and
+    the directional derivative of x matches a central difference at step 1e-5 (which would see
+    1e-5 of noise from a solution accurate to 1e-10 only)."""
+    for seed in range(3):
+        d, (x, nu, lam) = planted(seed, n=6, m_eq=2, m_ineq=6, n_active=2, rank=3)
+        r = host_solve(solver, d)
+        assert r.status == Status.SOLVED, (r.status, r.native_status)
+        v = r.values
+        # proxsuite/piqp stop at their (tightened) tolerances; DAQP and auto (DAQP here) are exact.
+        tol = 1e-12 if solver in ("daqp", "auto") else 1e-8
+        assert rel_err(v["x"], x) < tol and rel_err(v["ineq_dual"], lam) < tol, solver
+        assert kkt_residual(d, v["x"], v["eq_dual"], v["ineq_dual"]) < 10 * tol
+    d, _ = planted(0, n=6, m_eq=2, m_ineq=6, n_active=2, rank=3)
+    fun = _qp_fun(solver, d, "q")
+    dq = np.random.default_rng(1).standard_normal(6)
+    jvp = jax.jvp(fun, (jnp.asarray(d["q"]),), (jnp.asarray(dq),))[1]
+    h = 1e-5
+    fd = (np.asarray(fun(d["q"] + h * dq)) - np.asarray(fun(d["q"] - h * dq))) / (2 * h)
+    # The solution is piecewise affine in q (no truncation error): 1e-6 leaves room for the
+    # solvers' own tolerances (proxsuite/piqp), DAQP's polished points give ~1e-10.
+    assert rel_err(jvp, fd) < (1e-8 if solver in ("daqp", "auto") else 1e-6)
 
 
 def _qp_fun(solver, d, wrt):
