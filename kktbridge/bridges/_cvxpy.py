@@ -13,7 +13,9 @@ cones × PSD cones × exponential cones × power cones). The tensors stay sparse
 them with a gather and :func:`jax.ops.segment_sum` (one scatter-add of ``nnz(T)`` terms), never a
 dense ``(data × parameters)`` product. The problem data are then handed to a differentiable bridge:
 
-* **QP path** (default when the problem is a QP, solved by OSQP through :func:`~kktbridge.solve_qp`):
+* **QP path** (default when the problem is a QP, solved through :func:`~kktbridge.solve_qp` by its
+  ``solver="auto"`` choice -- DAQP for dense/small, OSQP for large sparse -- or by OSQP when
+  ``solver_args`` carry solver settings):
   ``min ½xᵀPx + qᵀx s.t. A_z x = -b_z, -A_l x ≤ b_l`` (zero rows ``z``, nonnegative rows ``l``);
 * **conic path** (default otherwise, SCS through :func:`~kktbridge.bridges._conic.solve_conic`):
   ``min qᵀx s.t. (-A) x + s = b, s ∈ K``, with any quadratic objective rewritten as a second-order
@@ -301,9 +303,13 @@ def _native_settings(solver: str) -> Optional[frozenset]:
     return None
 
 
-def translate_options(solver: str, options: Mapping[str, Any]) -> tuple[str, dict]:
+def translate_options(solver: str, options: Mapping[str, Any], kind: Optional[str] = None) -> tuple[str, dict]:
     """Split ``options`` into bridge keywords and ``solver``'s own settings, translating
     cvxpylayers' vocabulary; returns ``(solver, bridge_kwargs_and_settings)``.
+
+    ``kind`` (``"qp"`` / ``"conic"``) says which ``"auto"`` is meant. ``"auto"`` takes no solver
+    settings (its candidates name them differently): with any, the call runs the kind's
+    settings-bearing default, OSQP for QPs and SCS for cone programs.
 
     ``solve_method`` (diffcp's choice of conic solver) selects the adapter for this call.
     Raises ``ValueError`` naming an unknown key and listing the valid ones, before any solve.
@@ -316,15 +322,19 @@ def translate_options(solver: str, options: Mapping[str, Any]) -> tuple[str, dic
         name = _ALIASES.get(name, name) or solver
         if name != solver:
             try:
-                kind = get_adapter(name).kind
+                new_kind = get_adapter(name, kind=kind if name == "auto" else None).kind
             except ValueError:
-                kind = None
-            if kind is None or kind != get_adapter(solver).kind:
+                new_kind = None
+            if new_kind is None or new_kind != get_adapter(solver, kind=kind).kind:
                 raise ValueError(
                     f"solver_args: solve_method={method!r} cannot replace this layer's solver {solver!r} "
-                    f"({get_adapter(solver).kind} path); pass solver= at construction instead"
+                    f"({get_adapter(solver, kind=kind).kind} path); pass solver= at construction instead"
                 )
             solver = name
+    if solver == "auto" and any(k not in bridge for k in options):
+        # "auto" picks among solvers with different settings, so it takes none: a call that sets
+        # any runs the kind's settings-bearing default (OSQP for QPs, SCS for cone programs).
+        solver = {"qp": "osqp", "conic": "scs"}[get_adapter("auto", kind=kind).kind]
     vocab = _VOCAB.get(solver, {})
     native = _native_settings(solver)
     out: dict = {}
@@ -344,7 +354,7 @@ def translate_options(solver: str, options: Mapping[str, Any]) -> tuple[str, dic
             raise ValueError(f"solver_args: unknown option {key!r} for solver {solver!r}; valid options: {valid}")
     # A solver's own name wins over a translated cvxpylayers name for the same setting.
     out = {**translated, **out}
-    adapter = get_adapter(solver)
+    adapter = get_adapter(solver, kind=kind if solver == "auto" else None)
     validate = getattr(adapter, "validate_options", None)
     if validate is not None:
         validate({k: v for k, v in out.items() if k not in bridge})
@@ -461,10 +471,13 @@ class CvxpyLayer:
       parameters: the problem's parameters, in the order their values will be passed. They must
         exactly match ``problem.parameters()`` (every parameter, once).
       variables: the outputs, in order: problem variables and/or constraint dual variables.
-      solver: ``None`` (OSQP for QPs, SCS otherwise), ``"osqp"`` (QP path; the problem must be a
-        QP), ``"scs"`` / ``"clarabel"`` (conic path), any other registered adapter, or a
-        cvxpylayers/cvxpy name (``"MOREAU"``: OSQP for QPs, Clarabel otherwise; ``"DIFFCP"``:
-        SCS; ``cp.SCS``, ``cp.CLARABEL``, ``cp.OSQP``; case-insensitive).
+      solver: ``None`` (``"auto"`` for QPs, SCS otherwise), ``"auto"`` / ``"osqp"`` / ``"daqp"``...
+        (QP path; the problem must be a QP), ``"scs"`` / ``"clarabel"`` (conic path), any other
+        registered adapter, or a cvxpylayers/cvxpy name (``"MOREAU"``: ``"auto"`` for QPs, Clarabel
+        otherwise; ``"DIFFCP"``: SCS; ``cp.SCS``, ``cp.CLARABEL``, ``cp.OSQP``; case-insensitive).
+        ``"auto"`` (:func:`~kktbridge.solve_qp`'s rule) takes no solver settings: when
+        ``solver_args`` (at construction or per call) carry any, that call runs OSQP, whose
+        settings cvxpylayers' vocabulary (``eps``, ``max_iters``...) translates to.
       solver_args: default options: the bridge's keywords (``on_failure``, ``solve``,
         ``accept_inaccurate``...) and solver settings, in the solver's own names or in
         cvxpylayers' vocabulary (``eps``, ``max_iters``, ``tol``, ``acceleration_lookback``,
@@ -579,7 +592,7 @@ class CvxpyLayer:
             if use_sparse(c.n, c.m, sa.coords.rows.size) if sparse is None else sparse:
                 self._canon = c._replace(sparse_a=sa)
         self._spec = self._output_spec()
-        translate_options(self.solver, self.solver_args)  # unknown options fail here, not at the first call
+        translate_options(self.solver, self.solver_args, path)  # unknown options fail here, not at the first call
 
     # ------------------------------------------------------------------ construction
     def _choose_solver(self, problem: Any, solver: Optional[str]) -> tuple[str, str]:
@@ -632,13 +645,14 @@ class CvxpyLayer:
                         "cvxpylayers' default (diffcp), is a conic one that cannot carry P"
                     )
         if name is None:
-            return ("osqp", "qp") if is_qp else ("scs", "conic")
+            return ("auto", "qp") if is_qp else ("scs", "conic")
         if name in _ALIASES:
             target = _ALIASES[name]
             if target is None:  # MOREAU: interior-point QP/conic solver
-                return ("osqp", "qp") if is_qp else ("clarabel", "conic")
+                return ("auto", "qp") if is_qp else ("clarabel", "conic")
             name = target
-        adapter = get_adapter(name)  # raises ValueError for unknown names
+        # "auto" is one name per kind: the problem decides which.
+        adapter = get_adapter(name, kind=("qp" if is_qp else "conic") if name == "auto" else None)  # ValueError if unknown
         if adapter.kind == "qp":
             if not is_qp:
                 raise ValueError(f"solver: {name!r} needs a QP (quadratic objective, affine constraints); use 'scs'")
@@ -957,7 +971,7 @@ class CvxpyLayer:
             if self.gp:
                 raise NotImplementedError("with_duals: use variables=[..., con.dual_variables[0]] for geometric programs")
             spec = spec + self._dual_spec()
-        solver, options = translate_options(self.solver, {**self.solver_args, **(solver_args or {})})
+        solver, options = translate_options(self.solver, {**self.solver_args, **(solver_args or {})}, self._canon.path)
         arrays, batched, batch = self._check_params(params)
         in_axes = None if batch is None else tuple(0 if b else None for b in batched)
         try:
@@ -1023,7 +1037,7 @@ class CvxpyLayer:
 
     @property
     def path(self) -> str:
-        """``"qp"`` (OSQP via ``solve_qp``) or ``"conic"`` (SCS/Clarabel via ``solve_conic``)."""
+        """``"qp"`` (``solve_qp``: DAQP/OSQP/...) or ``"conic"`` (SCS/Clarabel via ``solve_conic``)."""
         return self._canon.path
 
     def __repr__(self) -> str:

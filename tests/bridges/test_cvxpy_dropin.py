@@ -188,6 +188,35 @@ def test_solver_args_vocabulary_is_translated_per_solver():
         tr("osqp", {"solve_method": "SCS"})
 
 
+def test_qp_default_is_auto_and_solver_settings_select_osqp(monkeypatch):
+    """QPs default to solve_qp's "auto"; a call whose solver_args carry solver settings (which
+    "auto" refuses: its candidates name them differently) runs OSQP, whose settings they are."""
+    tr = _cvxpy.translate_options
+    assert tr("auto", {"on_failure": "nan"}, "qp") == ("auto", {"on_failure": "nan"})
+    assert tr("auto", {"eps": 1e-7}, "qp") == ("osqp", {"eps_abs": 1e-7, "eps_rel": 1e-7})
+    assert tr("auto", {"eps": 1e-7}, "conic") == ("scs", {"eps_abs": 1e-7, "eps_rel": 1e-7})
+    prob, params, x, eq, ineq = lp_with_equality()
+    layer = _cvxpy.CvxpyLayer(prob, params, [x])
+    assert (layer.solver, layer.path) == ("auto", "qp")
+    ran = []
+    for name in ("osqp", "daqp"):
+        adapter = get_adapter(name)
+        monkeypatch.setattr(adapter, "solve_batch", lambda *a, _f=adapter.solve_batch, _n=name, **k: ran.append(_n) or _f(*a, **k))
+    c, b = np.array([0.3, -0.2]), 1.0
+    x_auto = layer(c, b)[0]
+    x_osqp = layer(c, b, solver_args={"eps": 1e-10})[0]
+    assert ran == ["daqp", "osqp"]
+    # min cᵀx + ½|x|² s.t. 1ᵀx = 1, x ≥ 0: x = c-shifted projection, both interior here.
+    expected = -c + (b + c.sum()) / 2
+    np.testing.assert_allclose(x_auto, expected, rtol=1e-12)
+    np.testing.assert_allclose(x_osqp, expected, rtol=1e-9)
+    # "auto" on a cone program is the conic auto.
+    soc = cp.Problem(cp.Minimize(cp.norm(x - params[0])), [cp.sum(x) == params[1]])
+    conic = _cvxpy.CvxpyLayer(soc, params, [x], solver="auto")
+    assert (conic.solver, conic.path) == ("auto", "conic")
+    np.testing.assert_allclose(conic(c, b)[0], c + (b - c.sum()) / 2, atol=1e-7)
+
+
 def test_unknown_solver_option_fails_before_any_solve(monkeypatch):
     prob, params, x, eq, ineq = lp_with_equality()
     with pytest.raises(ValueError, match=r"unknown option 'epsilon'.*valid options: \[.*'eps_abs'"):
@@ -214,7 +243,7 @@ def test_iteration_limit_reaches_the_solver_and_is_reported():
 def test_cvxpylayers_solver_names(name):
     prob, params, x, eq, ineq = lp_with_equality()
     layer = _cvxpy.CvxpyLayer(prob, params, [x], solver=name)
-    assert layer.solver == {"MOREAU": "osqp", "DIFFCP": "scs"}.get(name, name.lower())
+    assert layer.solver == {"MOREAU": "auto", "DIFFCP": "scs"}.get(name, name.lower())
     np.testing.assert_allclose(layer(np.array([0.5, -0.3]), 1.0)[0], [0.1, 0.9], atol=1e-7)
 
 
