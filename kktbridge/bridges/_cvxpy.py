@@ -19,12 +19,14 @@ dense ``(data × parameters)`` product. The problem data are then handed to a di
   ``min ½xᵀPx + qᵀx s.t. A_z x = -b_z, -A_l x ≤ b_l`` (zero rows ``z``, nonnegative rows ``l``);
 * **conic path** (default otherwise, SCS through :func:`~kktbridge.bridges._conic.solve_conic`):
   ``min qᵀx s.t. (-A) x + s = b, s ∈ K``, with any quadratic objective rewritten as a second-order
-  cone by cvxpy's conic canonicalisation. When the problem is large and sparse
-  (:func:`use_sparse`: ``n + m ≥`` :data:`SPARSE_MIN_SIZE` and a constraint matrix at most
-  :data:`SPARSE_MAX_DENSITY` full; ``CvxpyLayer(..., sparse=True/False)`` overrides), ``A`` stays
-  sparse: its values are computed on cvxpy's canonical pattern (the union over parameter values of
-  the entries ``T_A`` can fill) and passed as a BCOO, so the solver gets CSC and the backward a
-  sparse LU, with memory ``O(nnz)``.
+  cone by cvxpy's conic canonicalisation.
+
+On either path, when the problem is large and sparse (:func:`use_sparse`: ``n + m ≥``
+:data:`SPARSE_MIN_SIZE`, a constraint matrix -- and a QP's ``P`` -- at most
+:data:`SPARSE_MAX_DENSITY` full; ``CvxpyLayer(..., sparse=True/False)`` overrides), ``A`` (and ``P``)
+stay sparse: their values are computed on cvxpy's canonical pattern (the union over parameter values
+of the entries ``T_A``, ``T_P`` can fill) and passed with that static pattern, so the solver gets
+CSC and the backward a sparse LU, with memory ``O(nnz)``.
 
 Both bridges differentiate the solution by the implicit function theorem, so the layer is
 differentiable w.r.t. every parameter in forward and reverse mode, under ``jit`` and ``vmap``;
@@ -199,7 +201,8 @@ class _Canon(NamedTuple):
     q_map: _SparseMap
     ab_map: _SparseMap
     total: int
-    sparse_a: Optional[_SparseA] = None  # set when the conic path keeps A sparse
+    sparse_a: Optional[_SparseA] = None  # set when A is kept sparse (either path)
+    sparse_p: Optional[_SparseA] = None  # QP path with sparse A and a quadratic objective: P too
 
 
 #: The conic path keeps ``A`` sparse from ``n + m`` this large ... Measured (warm jitted
@@ -211,21 +214,41 @@ SPARSE_MIN_SIZE = 40
 SPARSE_MAX_DENSITY = 0.10
 
 
-def use_sparse(n: int, m: int, nnz: int) -> bool:
-    """The default rule for the conic path's ``A``: sparse when ``n + m ≥ SPARSE_MIN_SIZE`` and
-    ``nnz ≤ SPARSE_MAX_DENSITY · m · n``."""
-    return n + m >= SPARSE_MIN_SIZE and nnz <= SPARSE_MAX_DENSITY * m * n
+def use_sparse(n: int, m: int, nnz: int, nnz_p: int = 0) -> bool:
+    """The default rule for keeping the problem data sparse: ``n + m ≥ SPARSE_MIN_SIZE``,
+    ``nnz(A) ≤ SPARSE_MAX_DENSITY · m · n`` and (QP path) ``nnz(P) ≤ SPARSE_MAX_DENSITY · n²``."""
+    return n + m >= SPARSE_MIN_SIZE and nnz <= SPARSE_MAX_DENSITY * m * n and nnz_p <= SPARSE_MAX_DENSITY * n * n
+
+
+def _sparse_block(flat_map: _SparseMap, m: int, n: int) -> _SparseA:
+    """The canonical pattern of an ``(m, n)`` matrix whose column-major entries ``flat_map``
+    computes, and the map ``θ̄ ↦`` its values: every entry the tensor can write is one coordinate
+    (duplicate writes add up)."""
+    from kktbridge.bridges._sparse import Coords
+
+    targets, slot = np.unique(flat_map.rows.astype(np.int64), return_inverse=True)
+    data_map = _SparseMap(slot.ravel().astype(np.int32), flat_map.cols, flat_map.vals, int(targets.size))
+    return _SparseA(data_map, Coords((targets % m).astype(np.int32), (targets // m).astype(np.int32), (m, n)))
 
 
 def _sparse_a(ab_map: _SparseMap, m: int, n: int) -> _SparseA:
-    """The canonical pattern of ``A`` (first ``m·n`` outputs of ``ab_map``, column-major) and the
-    map ``θ̄ ↦`` its values: every output ``T_A`` can write is one entry (duplicate writes add up)."""
-    from kktbridge.bridges._sparse import Coords
+    """:func:`_sparse_block` of ``A``: the first ``m·n`` outputs of ``ab_map`` (``[A b]`` column-major)."""
+    return _sparse_block(ab_map.rows_slice(0, m * n), m, n)
 
-    a_map = ab_map.rows_slice(0, m * n)
-    targets, slot = np.unique(a_map.rows.astype(np.int64), return_inverse=True)
-    data_map = _SparseMap(slot.ravel().astype(np.int32), a_map.cols, a_map.vals, int(targets.size))
-    return _SparseA(data_map, Coords((targets % m).astype(np.int32), (targets // m).astype(np.int32), (m, n)))
+
+def _row_split(block: _SparseA, values: jax.Array, z: int) -> tuple:
+    """Rows ``< z`` and ``≥ z`` of a sparse block as two :class:`SparseData` (``None`` when empty)."""
+    from kktbridge.bridges._sparse import Coords, SparseData
+
+    rows, cols, (m, n) = block.coords
+    parts = []
+    for keep, lo, hi in ((rows < z, 0, z), (rows >= z, z, m)):
+        if hi == lo:
+            parts.append(None)
+            continue
+        idx = np.flatnonzero(keep)
+        parts.append(SparseData(values[idx], Coords(rows[idx] - lo, cols[idx], (hi - lo, n))))
+    return tuple(parts)
 
 
 # ------------------------------------------------------------------ solver options
@@ -484,10 +507,10 @@ class CvxpyLayer:
         ``solve_method``...), translated per solver. Overridable per call. Unknown names raise
         ``ValueError`` (listing the valid ones) before any solve.
       gp: the problem is a disciplined geometric program.
-      sparse: conic path only: keep the constraint matrix sparse (BCOO on cvxpy's canonical
-        pattern: CSC to the solver, sparse LU backward) with ``True``, dense with ``False``;
-        ``None`` (default) decides by :func:`use_sparse` (size and density). Values and
-        derivatives are the same either way.
+      sparse: keep the constraint matrix (and, on the QP path, ``P``) sparse -- values on
+        cvxpy's canonical pattern: CSC to the solver, sparse LU backward -- with ``True``, dense
+        with ``False``; ``None`` (default) decides by :func:`use_sparse` (size and density).
+        Values and derivatives are the same either way.
 
     Each call is compiled once per layer, batching pattern and option set (``jax.jit``), so
     eager loops do not pay op-by-op dispatch; inside a user's ``jit``/``vmap``/``grad`` the layer
@@ -587,10 +610,12 @@ class CvxpyLayer:
         self.solver, path = self._choose_solver(problem, solver)
         self._canon, self._param_slots, self._var_slots, self._dual_outs = self._canonicalize(problem, path)
         c = self._canon
-        if c.path == "conic" and c.m:
+        if c.m:
             sa = _sparse_a(c.ab_map, c.m, c.n)
-            if use_sparse(c.n, c.m, sa.coords.rows.size) if sparse is None else sparse:
-                self._canon = c._replace(sparse_a=sa)
+            sp_ = _sparse_block(c.p_map, c.n, c.n) if c.path == "qp" and c.p_map is not None else None
+            nnz_p = 0 if sp_ is None else sp_.coords.rows.size
+            if use_sparse(c.n, c.m, sa.coords.rows.size, nnz_p) if sparse is None else sparse:
+                self._canon = c._replace(sparse_a=sa, sparse_p=sp_)
         self._spec = self._output_spec()
         translate_options(self.solver, self.solver_args, path)  # unknown options fail here, not at the first call
 
@@ -911,6 +936,19 @@ class CvxpyLayer:
         # [A b] is stored column-major: A is the first m*n outputs, b the last m.
         b_map = c.ab_map.rows_slice(c.m * c.n, c.m * (c.n + 1))
         b = b_map(self._theta(params, b_map))
+        if c.sparse_a is not None and c.path == "qp":
+            from kktbridge.bridges._sparse import Coords, SparseData
+
+            values = c.sparse_a.data_map(self._theta(params, c.sparse_a.data_map))
+            A_eq, A_in = _row_split(c.sparse_a, values, c.n_zero)
+            G = None if A_in is None else SparseData(-A_in.data, A_in.coords)
+            if c.sparse_p is not None:
+                P = SparseData(c.sparse_p.data_map(self._theta(params, c.sparse_p.data_map)), c.sparse_p.coords)
+            else:
+                P = SparseData(jnp.zeros((0,), q.dtype), Coords(np.zeros(0, np.int32), np.zeros(0, np.int32), (c.n, c.n)))
+            z = c.n_zero
+            sol = solve_qp(P, q, A_eq, None if A_eq is None else -b[:z], G, None if G is None else b[z:], solver=solver, **options)
+            return sol.x, jnp.concatenate([sol.eq_dual, sol.ineq_dual])
         if c.sparse_a is not None:
             from kktbridge.bridges._conic import solve_conic
             from kktbridge.bridges._sparse import SparseData
