@@ -88,8 +88,10 @@ def qp_kkt_dense(data) -> jax.Array:
 
 
 def _chol_ok(L: jax.Array) -> jax.Array:
+    # A failed factorisation is all NaN, so the diagonal tells (a full isfinite pass over L costs
+    # as much as a triangular solve at n = 500).
     piv = jnp.abs(jnp.diagonal(L)) ** 2
-    return jnp.all(jnp.isfinite(L)) & (jnp.min(piv, initial=jnp.inf) > RCOND * jnp.max(piv, initial=0.0))
+    return jnp.all(jnp.isfinite(piv)) & (jnp.min(piv, initial=jnp.inf) > RCOND * jnp.max(piv, initial=0.0))
 
 
 def _saddle_factor(Ps, C0, c, e):
@@ -99,10 +101,12 @@ def _saddle_factor(Ps, C0, c, e):
     ``C0 P_s⁻¹ C0ᵀ`` rather than to ``C0``, so that everything but the small ``chol(S)`` depends only
     on ``P, A, G`` -- computed once by ``vmap`` when the batch shares them.
     """
-    L = jnp.linalg.cholesky(Ps)
+    # Both matrices are symmetric by construction: no (S + Sᵀ)/2 pass (jnp.linalg.cholesky's), which
+    # XLA:CPU runs as a layout-changing fusion as slow as the batch of factorisations itself.
+    L = jax.lax.linalg.cholesky(Ps, symmetrize_input=False)
     W0 = jsp.linalg.solve_triangular(L, C0.T, lower=True)  # L⁻¹ C0ᵀ
     S = (c[:, None] * c[None, :]) * (W0.T @ W0) + jnp.diag(e)
-    LS = jnp.linalg.cholesky(S)
+    LS = jax.lax.linalg.cholesky(S, symmetrize_input=False)
     return L, LS, _chol_ok(L) & _chol_ok(LS)
 
 
