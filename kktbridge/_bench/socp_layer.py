@@ -24,7 +24,7 @@ TARGET_SPEEDUP = 3.0
 
 
 #: kktbridge rows: (label, CvxpyLayer keywords, jit).
-OURS = (("kktbridge", {}, True), ("kktbridge eager", {}, False), ("kktbridge[clarabel]", {"solver": "clarabel"}, True))
+OURS: tuple[tuple[str, dict[str, Any], bool], ...] = (("kktbridge", {}, True), ("kktbridge eager", {}, False), ("kktbridge[clarabel]", {"solver": "clarabel"}, True))
 
 
 def steps(quick: bool) -> int:

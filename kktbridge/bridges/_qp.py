@@ -33,6 +33,7 @@ from kktbridge.bridges._common import (
     warn_if_truncated,
 )
 from kktbridge.bridges._sparse import Coords as _Coords
+from kktbridge.bridges._sparse import SparseData
 from kktbridge.bridges._sparse import is_sparse as _is_sparse
 from kktbridge.bridges._sparse import sparse_arg as _sparse_arg
 from kktbridge.core._kkt import KKTPoint, kkt_activity, kkt_residual
@@ -268,11 +269,11 @@ def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: boo
 
 
 def solve_qp(
-    P: MatrixLike,
+    P: "MatrixLike | SparseData",
     q: ArrayLike,
-    A: Optional[MatrixLike] = None,
+    A: "MatrixLike | SparseData | None" = None,
     b: Optional[ArrayLike] = None,
-    G: Optional[MatrixLike] = None,
+    G: "MatrixLike | SparseData | None" = None,
     h: Optional[ArrayLike] = None,
     *,
     solver: "str | Adapter" = "auto",
