@@ -51,7 +51,7 @@ def qp_data(n: int):
     import scipy.sparse as sp
 
     rng = np.random.default_rng(0)
-    P = sp.diags([2 + rng.uniform(size=n), -0.5 * np.ones(n - 1), -0.5 * np.ones(n - 1)], [0, 1, -1]).tocsc()
+    P = (sp.diags(2 + rng.uniform(size=n)) + sp.diags(-0.5 * np.ones(n - 1), 1) + sp.diags(-0.5 * np.ones(n - 1), -1)).tocsc()
     G = sp.vstack([sp.eye(n), -sp.eye(n)]).tocsc()
     return P, 3 * rng.standard_normal(n), G, np.ones(2 * n), rng.standard_normal(n)
 
@@ -130,7 +130,7 @@ def conic_data(n: int):
     import scipy.sparse as sp
 
     rng = np.random.default_rng(0)
-    B = sp.diags([3 + rng.uniform(size=n), rng.uniform(-1, 1, n - 1), rng.uniform(-1, 1, n - 1)], [0, 1, -1])
+    B = sp.diags(3 + rng.uniform(size=n)) + sp.diags(rng.uniform(-1, 1, n - 1), 1) + sp.diags(rng.uniform(-1, 1, n - 1), -1)
     return sp.vstack([B, -B]).tocsc(), np.ones(2 * n), rng.standard_normal(n), rng.standard_normal(n)
 
 
@@ -156,7 +156,7 @@ def _conic_family(ctx: Context, res: SuiteResult) -> None:
         wj = jnp.asarray(w)
 
         def loss(b):
-            return jnp.vdot(wj, solve_conic(A, b, c, {"l": A.shape[0]}, solver="scs").x)
+            return jnp.vdot(wj, solve_conic(A, b, c, {"l": int(b.shape[0])}, solver="scs").x)
 
         return loss, jnp.asarray(b), _scs_peer(A, b, c)
 
@@ -249,7 +249,7 @@ def _ipopt_alone(n: int):
             return obj_factor * hess_diag
 
     def call():
-        nlp = cyipopt.Problem(n=n, m=N + 1, problem_obj=Chain(), lb=lower, ub=upper, cl=np.zeros(N + 1), cu=np.zeros(N + 1))
+        nlp = cyipopt.Problem(n=n, m=N + 1, problem_obj=Chain(), lb=lower, ub=upper, cl=np.zeros(N + 1), cu=np.zeros(N + 1))  # pyright: ignore[reportAttributeAccessIssue]  (no stub for cyipopt's compiled Problem)
         for key, value in {**DEFAULT_OPTIONS, "tol": TOL}.items():
             nlp.add_option(key, value)
         try:
