@@ -90,7 +90,51 @@ def qp_sparse_call(i):
     return kb.solve_qp(P, q, G=G, h=h).x
 
 
-CALLS = {"qp": qp_call, "qp_sparse": qp_sparse_call, "conic": conic_call, "nlp": nlp_call}
+def _sparse_lp_data(scale):
+    """A BCOO LP (box rows), which solver="auto" sends to Clarabel: new values per call, one pattern."""
+    from jax.experimental import sparse
+
+    n = 30
+    A = sparse.BCOO.fromdense(jnp.concatenate([jnp.eye(n), -jnp.eye(n)]))
+    b = jnp.concatenate([jnp.full(n, 0.5 + scale), jnp.full(n, 0.5)])  # -0.5 <= x <= 0.5 + scale
+    return A, b, jnp.sin(jnp.arange(n) + 0.5), {"l": 2 * n}
+
+
+def conic_sparse_auto_call(i):
+    A, b, c, cone = _sparse_lp_data(0.001 * i)
+    return kb.solve_conic(A, b, c, cone, solver="auto").x
+
+
+_LAYERS: dict = {}
+
+
+def _cvxpy_sparse_qp_layer():
+    """A CvxpyLayer whose QP path keeps A and P sparse (n + m = 100, ~2 % full)."""
+    if "qp" not in _LAYERS:
+        import cvxpy as cp
+
+        k = 20
+        x, c, L = cp.Variable(k), cp.Parameter(k), cp.Parameter(k)
+        D = np.diff(np.eye(k), axis=0)
+        prob = cp.Problem(cp.Minimize(c @ x + 0.5 * cp.sum_squares(cp.multiply(L, x))), [D @ x <= 0.05, x >= -1, x <= 1])
+        _LAYERS["qp"] = kb.CvxpyLayer(prob, [c, L], [x])
+        assert _LAYERS["qp"]._canon.sparse_a is not None and _LAYERS["qp"]._canon.sparse_p is not None
+    return _LAYERS["qp"]
+
+
+def cvxpy_qp_sparse_call(i):
+    c = jnp.sin(jnp.arange(20.0)) + 0.001 * i
+    return _cvxpy_sparse_qp_layer()(c, jnp.ones(20))[0]
+
+
+CALLS = {
+    "qp": qp_call,
+    "qp_sparse": qp_sparse_call,
+    "conic": conic_call,
+    "conic_sparse_auto": conic_sparse_auto_call,
+    "cvxpy_qp_sparse": cvxpy_qp_sparse_call,
+    "nlp": nlp_call,
+}
 
 
 @pytest.mark.parametrize("bridge", sorted(CALLS))
@@ -141,6 +185,11 @@ def call_theta(bridge, s):
     if bridge == "conic":
         b = jnp.array([0.3, 1.0, 0.0, 0.0]) + s * jnp.array([1.0, 0.0, 0.0, 0.0])
         return kb.solve_conic(A_CONIC, b, jnp.array([1.0, 2.0]), {"q": [3], "l": 1}).x
+    if bridge == "conic_sparse_auto":
+        A, b, c, cone = _sparse_lp_data(0.0)
+        return kb.solve_conic(A, b * (1 + s), c, cone, solver="auto").x
+    if bridge == "cvxpy_qp_sparse":
+        return _cvxpy_sparse_qp_layer()(jnp.sin(jnp.arange(20.0)) * (1 + s), jnp.ones(20))[0]
     p = {"t": jnp.array([1.0, 2.0]) * (1 + s), "r": jnp.array(1.0)}
     return kb.solve_nlp(_nlp_f, jnp.zeros(2), p, eq=_nlp_h, ineq=_nlp_g, lower=-5.0, upper=5.0).x
 
