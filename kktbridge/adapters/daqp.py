@@ -88,7 +88,8 @@ def _polish(d: Mapping[str, np.ndarray], x: np.ndarray, lam: np.ndarray, primal_
     A, G, P = d["A"], d["G"], d["P"]
     m_eq = A.shape[0]
     W = np.concatenate([np.arange(m_eq), m_eq + np.flatnonzero(lam[m_eq:] != 0.0)])
-    C = np.vstack([A, G])[W]
+    C_all = np.vstack([A, G])
+    C = C_all[W]
     u = np.concatenate([d["b"], d["h"]])[W]
     n, k = P.shape[0], W.size
     K = np.block([[P, C.T], [C, np.zeros((k, k))]])
@@ -106,7 +107,7 @@ def _polish(d: Mapping[str, np.ndarray], x: np.ndarray, lam: np.ndarray, primal_
         and np.all(lam_p[m_eq:] >= -1e-9 * (1.0 + np.abs(lam_p).max(initial=0.0)))
     )
     # The new point must not be worse than DAQP's on stationarity (guards a nearly singular K).
-    stat = lambda z, l: np.abs(P @ z + d["q"] + np.vstack([A, G]).T @ l).max(initial=0.0)  # noqa: E731
+    stat = lambda z, l: np.abs(P @ z + d["q"] + C_all.T @ l).max(initial=0.0)  # noqa: E731
     if not feasible or stat(xp, lam_p) > max(stat(x, lam), 1e-12 * (1.0 + np.abs(d["q"]).max(initial=0.0))):
         return x, lam
     return xp, np.where(np.arange(lam.size) >= m_eq, np.maximum(lam_p, 0.0), lam_p)
