@@ -159,6 +159,13 @@ def test_cvxpy_layer_qp_path_keeps_p_and_a_sparse(case):
     f = lambda t: float(loss(layers[None], vals[0] + t * dc, *vals[1:]))  # noqa: E731
     fd = (f(1e-5) - f(-1e-5)) / 2e-5
     assert abs(float(jnp.vdot(gs[0], dc)) - fd) <= 1e-6 * abs(fd)
+    # jit, jacfwd and jacrev w.r.t. c: the sparse route equals the dense route's Jacobian.
+    xs = lambda c: layers[None](c, *vals[1:])[0]  # noqa: E731
+    xd = lambda c: layers[False](c, *vals[1:])[0]  # noqa: E731
+    np.testing.assert_allclose(jax.jit(xs)(vals[0]), xs(vals[0]), rtol=1e-12, atol=1e-12)
+    J = jax.jacfwd(xd)(vals[0])
+    np.testing.assert_allclose(jax.jacfwd(xs)(vals[0]), J, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(jax.jacrev(xs)(vals[0]), J, rtol=1e-9, atol=1e-10)
     # A batch of cost vectors: one vmap-ed host call, same as the loop.
     cs = vals[0] + 0.2 * np.random.default_rng(3).normal(size=(3, 40))
     xb = layers[None](cs, *vals[1:])[0]
