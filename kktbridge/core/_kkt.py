@@ -245,15 +245,18 @@ def kkt_activity(
         # Curvature scale ‖∇²L‖₂ by a few power iterations (Hessian-vector products): it bounds
         # the curvature along every constraint normal, which sets λ/s on the central path, so a
         # weakly active row ends with λ̂ ≲ ŝ however anisotropic the problem.
+        # A fori_loop, not a Python loop: one traced HVP instead of eight keeps the compiled check
+        # (and so the first eager call) small.
         hvp = lambda v: jax.jvp(jax.grad(lagr), (x_flat,), (v,))[1]  # noqa: E731
-        u = 1.0 + 0.1 * jnp.cos(jnp.arange(x_flat.size, dtype=dtype))
-        u = u / _norm(u)
-        curv = jnp.zeros((), dtype)
-        for _ in range(8):
+
+        def power_step(_, carry):
+            u, curv = carry
             w = hvp(u)
             w_norm = _norm(w)
-            curv = jnp.maximum(curv, w_norm)
-            u = w / jnp.where(w_norm > 0, w_norm, 1.0)
+            return w / jnp.where(w_norm > 0, w_norm, 1.0), jnp.maximum(curv, w_norm)
+
+        u = 1.0 + 0.1 * jnp.cos(jnp.arange(x_flat.size, dtype=dtype))
+        _, curv = jax.lax.fori_loop(0, 8, power_step, (u / _norm(u), jnp.zeros((), dtype)))
         # Every reduction below goes through _reduce (see there: a miscompiled fused reduction).
         grad_inf = jnp.maximum(_reduce(jnp.abs(grad_f), "max"), 0.0)
         scale_stat = 1.0 + grad_inf
