@@ -1,4 +1,4 @@
-"""kktbridge's JAX work-around changes no behaviour: only the (discarded) repr of a pullback."""
+"""kktbridge's JAX work-arounds change no behaviour: the (discarded) repr of a pullback, and where concrete calls dispatch."""
 
 import jax
 import jax.numpy as jnp
@@ -25,3 +25,28 @@ def test_jacrev_values_unchanged():
     f = lambda x: jnp.tanh(x) * jnp.sum(x**2)  # noqa: E731
     x = jnp.asarray(np.linspace(-1.0, 1.0, 4))
     np.testing.assert_allclose(jax.jacrev(f)(x), jax.jacfwd(f)(x), rtol=1e-12, atol=1e-14)
+
+
+def test_eval_context_runs_concrete_calls_out_of_the_current_trace(monkeypatch):
+    """Inside an eager grad, a jitted call on concrete inputs in ``eval_context`` returns a concrete
+    array (dispatched like a top-level call) equal to the traced result."""
+    import jax
+    import jax.numpy as jnp
+
+    from kktbridge.core._jax_compat import eval_context
+
+    f = jax.jit(lambda v: jnp.cumsum(v) * 2.0)
+    const = jnp.arange(3.0)
+    seen = {}
+
+    def g(x):
+        with eval_context():
+            seen["y"] = f(const)
+        return jnp.sum(x * seen["y"])
+
+    grad = jax.grad(g)(jnp.ones(3))
+    assert not isinstance(seen["y"], jax.core.Tracer)
+    assert jnp.allclose(grad, f(const))
+    monkeypatch.setenv("KKTBRIDGE_NO_JAX_PATCHES", "1")
+    with eval_context():  # the no-op context when patches are disabled
+        assert jnp.allclose(f(const), jnp.array([0.0, 2.0, 6.0]))
