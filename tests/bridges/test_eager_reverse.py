@@ -144,3 +144,19 @@ def test_eager_jacrev_float32(dtype):
     j = jax.jit(jax.jacrev(lambda q: kb.solve_qp(P.astype(dtype), q, A=A_EQ.astype(dtype), b=B0.astype(dtype), G=G.astype(dtype), h=H0.astype(dtype)).x))(q)
     assert e.dtype == dtype
     np.testing.assert_allclose(e, j, rtol=1e-5, atol=1e-6)
+
+
+def test_eager_jacrev_wrt_a_subset_of_matrices_and_vectors():
+    """Cotangents are computed for the perturbed arguments only (the others are symbolic zeros):
+    a mix of a matrix and a vector, against the jitted path and central differences in P."""
+    def f(Pm, h):
+        return kb.solve_qp(Pm, Q0, A=A_EQ, b=B0, G=G, h=h).x
+
+    h0 = jnp.array([0.0, -0.1, 0.2])
+    e = jax.jacrev(f, argnums=(0, 1))(P, h0)
+    j = jax.jit(jax.jacrev(f, argnums=(0, 1)))(P, h0)
+    for a, b in zip(e, j):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    eps, dP = 1e-6, jnp.zeros((3, 3)).at[0, 1].set(1.0).at[1, 0].set(1.0)
+    fd = (f(P + eps * dP, h0) - f(P - eps * dP, h0)) / (2 * eps)
+    np.testing.assert_allclose(jnp.tensordot(e[0], dP, axes=2), fd, rtol=1e-6, atol=1e-8)
