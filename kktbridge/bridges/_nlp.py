@@ -30,6 +30,7 @@ from kktbridge.adapters import Adapter, get_adapter
 from kktbridge.bridges._common import (
     BridgePlan,
     Diagnostics,
+    LRUCache,
     as_array,
     check_on_failure,
     Policy,
@@ -75,10 +76,32 @@ _ORACLE_LOCK = threading.Lock()
 _ORACLE_CACHE_SIZE = 128
 
 
+#: Output shapes of user functions per (function, argument structure): ``jax.eval_shape`` traces
+#: the function on every call (measured: ~0.4 ms of an eager NLP ``jacrev`` for three functions).
+_SHAPE_CACHE = LRUCache(512)
+
+
 def clear_oracle_cache() -> None:
-    """Forget the compiled IPOPT oracles of every problem structure."""
+    """Forget the compiled IPOPT oracles and the output shapes of every problem structure."""
     with _ORACLE_LOCK:
         _ORACLE_CACHE.clear()
+    _SHAPE_CACHE.clear()
+
+
+def _out_shape(name: str, fun: Callable, x0, params) -> Any:
+    """``jax.eval_shape(fun, x0, params)``, cached; a failing call raises ``ValueError`` naming ``name``."""
+    def trace() -> Any:
+        try:
+            return jax.eval_shape(fun, x0, params)
+        except Exception as e:
+            raise ValueError(f"{name}: calling {name}(x0, params) failed: {e}") from e
+
+    try:
+        key = (fun, structure(x0, params))
+        hash(key)
+    except TypeError:  # an unhashable callable object: trace every time
+        return trace()
+    return _SHAPE_CACHE.get_or_build(key, trace)
 
 
 def _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq, sparse):
@@ -155,10 +178,7 @@ def _constraint_size(name: str, fun: Optional[Callable], x0, params) -> int:
         return 0
     if not callable(fun):
         raise ValueError(f"{name}: expected a callable {name}(x, params) or None, got {type(fun).__name__}")
-    try:
-        out = jax.eval_shape(fun, x0, params)
-    except Exception as e:
-        raise ValueError(f"{name}: calling {name}(x0, params) failed: {e}") from e
+    out = _out_shape(name, fun, x0, params)
     if not hasattr(out, "shape") or len(out.shape) > 1:
         raise ValueError(f"{name}: must return a scalar or 1-D array, got {out}")
     return int(np.prod(out.shape, dtype=int))
@@ -260,10 +280,7 @@ def solve_nlp(
     if p_flat.size:
         as_array("params", p_flat)
     n, dtype = x0_flat.shape[0], x0_flat.dtype
-    try:
-        out = jax.eval_shape(objective, x0, params)
-    except Exception as e:
-        raise ValueError(f"objective: calling objective(x0, params) failed: {e}") from e
+    out = _out_shape("objective", objective, x0, params)
     if getattr(out, "shape", None) != ():
         raise ValueError(f"objective: must return a scalar, got shape {getattr(out, 'shape', out)}")
     m_eq = _constraint_size("eq", eq, x0, params)

@@ -243,3 +243,35 @@ def test_custom_root_eager_grad_compiles_once_and_sees_new_data():
     # New data closed over by the same functions is used, never a stale compiled constant.
     data["X"] = 2.0 * data["X"]
     np.testing.assert_allclose(jac(1.0), closed_form_dw(1.0), rtol=1e-9)
+
+
+def test_warm_eager_nlp_calls_never_retrace_user_functions():
+    """After warm-up, eager solves and eager jacrev with new values call none of the user's Python
+    functions again: every trace (shape probes, oracles, stages) is reused per structure."""
+    calls = {"f": 0, "g": 0, "h": 0}
+
+    def f(x, p):
+        calls["f"] += 1
+        return _nlp_f(x, p)
+
+    def g(x, p):
+        calls["g"] += 1
+        return _nlp_g(x, p)
+
+    def h(x, p):
+        calls["h"] += 1
+        return _nlp_h(x, p)
+
+    def x_of(t):
+        p = {"t": t, "r": jnp.array(1.0)}
+        return kb.solve_nlp(f, jnp.zeros(2), p, eq=h, ineq=g, lower=-5.0, upper=5.0).x
+
+    t0 = jnp.array([1.0, 2.0])
+    for _ in range(2):
+        jax.block_until_ready(x_of(t0))
+        jax.block_until_ready(jax.jacrev(x_of)(t0))
+    before = dict(calls)
+    for i in range(5):
+        jax.block_until_ready(x_of(t0 * (1 + 0.01 * i)))
+        jax.block_until_ready(jax.jacrev(x_of)(t0 * (1 + 0.01 * i)))
+    assert calls == before, (before, calls)
