@@ -252,6 +252,10 @@ class BridgePlan:
     jacobian: Optional[Callable] = None
     jacobian_format: "MatrixFormat | None" = None
     structure: Optional[Structure] = None
+    #: optional ``refine(z, args) -> (z, values_update)``: a polished point (e.g. Newton steps on
+    #: ``residual``) and the solver outputs it implies; kept per instance only where its residual
+    #: is smaller (``check`` judges both, so a refinement can never pass a worse point).
+    refine: Optional[Callable] = None
     stages: dict = field(default_factory=dict, compare=False, hash=False)
     #: the adapter prepared for ``structure`` (``adapter`` itself without one); set on creation.
     solver: "Adapter" = field(init=False, compare=False, hash=False, repr=False)
@@ -289,6 +293,9 @@ def _solve_stage(plan: BridgePlan, raise_in_callback: bool) -> Callable:
         z = plan.to_point(values)
         z_safe = jax.tree_util.tree_map(lambda a, f: jnp.where(ok, a, f), z, plan.fallback(args, extra))
         residual, activity, margin, n_weak = plan.check(z_safe, args)
+        if plan.refine is not None:
+            values, z_safe, (residual, activity, margin, n_weak) = _refined(
+                plan, args, ok, values, z_safe, (residual, activity, margin, n_weak))
         residual = jnp.where(ok, residual, jnp.nan)
         too_large = ok & ~(residual <= plan.policy.residual_tol)
         status = jnp.where(too_large, jnp.int32(Status.RESIDUAL_TOO_LARGE), status)
@@ -299,6 +306,25 @@ def _solve_stage(plan: BridgePlan, raise_in_callback: bool) -> Callable:
         return values, status, iters, diag, activity
 
     return stage_jit(stage)
+
+
+def _refined(plan: BridgePlan, args: PyTree, ok: jax.Array, values: dict, z: PyTree, checked: tuple) -> tuple:
+    """Apply ``plan.refine`` where a solved point's residual is above round-off, keep it only where
+    it lowers the residual. A ``cond``: eager unbatched calls pay for it only when needed."""
+    refine = plan.refine
+    assert refine is not None
+    residual = checked[0]
+    need = ok & (residual > 100 * jnp.finfo(residual.dtype).eps)
+
+    def polish():
+        z_new, update = refine(z, args)
+        checked_new = plan.check(z_new, args)
+        better = need & (checked_new[0] < residual)
+        pick = lambda a, b: jnp.where(better, a, b)  # noqa: E731
+        vals = {k: pick(update[k], v) if k in update else v for k, v in values.items()}
+        return vals, jax.tree_util.tree_map(pick, z_new, z), jax.tree_util.tree_map(pick, checked_new, checked)
+
+    return jax.lax.cond(jnp.any(need), polish, lambda: (values, z, checked))
 
 
 def _kkt_condition(plan: BridgePlan, z: PyTree, args: PyTree, activity: PyTree) -> jax.Array:

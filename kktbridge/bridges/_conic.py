@@ -28,7 +28,7 @@ factorization for every tangent/cotangent), never a dense ``(n + m)²`` matrix a
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -119,6 +119,39 @@ def _sparse_ift_solver(spec: Any, coords: Coords):
     m, n = coords.shape
     rows, cols = conic_jacobian_pattern(spec, coords.rows, coords.cols, n)
     return _sparsity.SparseLUSolver(rows, cols, n + m)
+
+
+#: Largest ``n + m`` refined (a dense LU of the residual map's Jacobian per Newton step).
+REFINE_MAX_SIZE = 2000
+
+
+def _refines(adapter: Any, size: int) -> bool:
+    """Newton refinement for interior-point solvers (Clarabel), ``n + m`` up to
+    :data:`REFINE_MAX_SIZE` (dense or sparse data alike, so that both give the same point). An interior-point solution is not exactly complementary: rebuilding
+    ``y = Π_{K*}(y - s)`` moves it by ~√μ (measured: relative residual 4.5e-6 > the 1.5e-6 accepted
+    on a 6-variable least squares over an SOC, where Clarabel reported 7e-11), so such solutions were
+    refused. SCS's iterates come from projections and are complementary by construction."""
+    return getattr(adapter, "name", None) == "clarabel" and size <= REFINE_MAX_SIZE
+
+
+def _newton_refine(F: Callable, spec: Any, steps: int = 2) -> Callable:
+    """``refine(z, args)``: ``steps`` semismooth Newton steps on the residual map ``F(z) = 0``
+    (Busseti, Moursi & Boyd, *Solution refinement at regular points of conic problems*, 2019):
+    ``z ← z - J(z)⁻¹ F(z)`` with ``J = ∂F/∂z``, the matrix of the IFT system; quadratic convergence
+    from a point within ~√μ of a regular solution. Returns the point and its ``(x, y, s)``."""
+    from jax.flatten_util import ravel_pytree
+
+    def refine(z: ConicPoint, args: tuple):
+        z_flat, unravel = ravel_pytree(z)
+        G = lambda v: ravel_pytree(F(unravel(v), *args))[0]  # noqa: E731
+        for _ in range(steps):
+            step = jnp.linalg.solve(jax.jacfwd(G)(z_flat), G(z_flat))
+            z_flat = jnp.where(jnp.all(jnp.isfinite(step)), z_flat - step, z_flat)
+        z_new = unravel(z_flat)
+        x, y, s = from_embedding(z_new, spec)
+        return z_new, {"x": x, "y": y, "s": s}
+
+    return refine
 
 
 def solve_conic(
@@ -239,6 +272,7 @@ def solve_conic(
             fallback=lambda args, extra: ConicPoint(jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)),
             finish=finish,
             policy=plan_policy,
+            refine=_newton_refine(F, spec) if _refines(adapter, n + m) else None,
         )
 
     return run_pipeline(key, build, args, extra, on_failure)
