@@ -35,7 +35,7 @@ from jax.typing import DTypeLike
 
 from kktbridge.core._checks import is_concrete  # noqa: F401  (re-exported for the bridges)
 from kktbridge.core._checks import x64_enabled
-from kktbridge.core._jax_compat import eval_context
+from kktbridge.core._jax_compat import eval_context, is_linearize_tracer
 from kktbridge.core._status import SolverError, Status
 from kktbridge.core._types import FailurePolicy, LinearSolverArg, OnFailure, PyTree, Structure
 from kktbridge.core._xla import stage_jit
@@ -442,8 +442,8 @@ def _reverse_stage(plan: BridgePlan, diff: Callable) -> Callable:
             live = [c for c, z in zip(leaves, zero) if not z]
             mask = tuple(perturbed)
             grads = iter(pull_for(treedef, zero, mask)(rest, a, extra, live))
-            flat, args_def = jax.tree_util.tree_flatten(a)
             # An unperturbed argument's cotangent is a symbolic zero (None), never materialised.
+            args_def = jax.tree_util.tree_structure(a)
             return (jax.tree_util.tree_unflatten(args_def, [next(grads) if p else None for p in mask]),)
 
         solution.defvjp(fwd, bwd, symbolic_zeros=True)
@@ -469,7 +469,7 @@ def _reverse_primals(tree: PyTree) -> Optional[PyTree]:
         if isinstance(leaf, Tracer):
             primal = getattr(leaf, "primal", None)
             owner = getattr(leaf, "_trace", None)
-            if type(leaf).__name__ != "LinearizeTracer" or primal is None or isinstance(primal, Tracer):
+            if not is_linearize_tracer(type(leaf)) or primal is None or isinstance(primal, Tracer):
                 return None
             if trace is not None and owner is not trace:
                 return None

@@ -58,3 +58,10 @@ def eval_context() -> "contextlib.AbstractContextManager[object]":
         if ctx is not None:
             return ctx()
     return contextlib.nullcontext()
+
+
+def is_linearize_tracer(kind: type) -> bool:
+    """Whether ``kind`` is JAX's reverse-mode (``linearize``) tracer type, matched by name: the class
+    is private (``jax._src.interpreters.ad.LinearizeTracer`` in JAX 0.10), and a JAX without it
+    simply never matches, which leaves every caller on its general path."""
+    return kind.__name__ == "LinearizeTracer"

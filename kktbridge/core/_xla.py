@@ -31,6 +31,8 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from kktbridge.core._jax_compat import is_linearize_tracer
+
 __all__ = ["stage_jit", "cpu_compiler_options"]
 
 _YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
@@ -73,7 +75,7 @@ class _StageJit:
         kinds = tuple(type(leaf) for leaf in jax.tree_util.tree_leaves((args, kwargs)))
         # Reverse mode (linearize) is refused only after JAX has compiled and run the primal half:
         # trying it would compile that half twice (measured: +0.33 s on a first eager QP jacrev).
-        if kinds not in self._nested and not any(k.__name__ == "LinearizeTracer" for k in kinds):
+        if kinds not in self._nested and not any(is_linearize_tracer(k) for k in kinds):
             try:
                 return self._top(*args, **kwargs)
             except ValueError as e:
