@@ -557,10 +557,13 @@ def run(ctx: Context) -> SuiteResult:
         res.rows.append(row)
         add_plot(short, row)
 
+    from kktbridge.adapters.ipopt import linked_ipopt_version
+
     res.notes.append(
         f"CasADi peer: nlpsol('ipopt') with its own parametric sensitivities: one casadi.Function "
         f"P -> (x*, jacobian(x*, P)) built once (peer_first_ms = its construction + first call), "
-        f"options ipopt.tol={IPOPT_TOL:g} (the tol kktbridge uses; both IPOPTs otherwise at defaults), "
+        f"options ipopt.tol={IPOPT_TOL:g} (the tol kktbridge uses; both IPOPTs otherwise at defaults; "
+        f"kktbridge's cyipopt links IPOPT {linked_ipopt_version() or '?'}, CasADi's own is 3.14), "
         f"min_lam={CASADI_MIN_LAM:g}, sens_force_equality=True. min_lam is required: CasADi picks the active set "
         f"from multiplier signs with threshold min_lam (default 0), so IPOPT's tiny interior-point bound "
         f"multipliers mark every bound active and the sensitivity KKT matrix is singular (\"Evaluation failed\").")

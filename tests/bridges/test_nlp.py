@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kktbridge as kb
-from tests._fd import fd_jacobian, rel_err
+from tests._fd import fd4_jacobian, fd_jacobian, rel_err
 
 TIGHT = {"tol": 1e-12}
 
@@ -40,7 +40,10 @@ def tut_lagrangian(p):
 
 def test_tutorial_value_and_grad_matches_fd():
     value, grad = jax.jit(jax.value_and_grad(tut_lagrangian))(P_TUT)
-    fd = fd_jacobian(lambda p: tut_lagrangian(jnp.asarray(p)), P_TUT)
+    # Fourth order: L(p) carries ~3e-12 of solver noise at tol 1e-12 (IPOPT 3.14, measured), which a
+    # second-order step of 1e-6 turns into ~3e-6; log(p) at p = 0.1 makes a larger second-order step
+    # truncate (5e-6 at 1e-5). At h = 2e-4 both errors are ~1e-8.
+    fd = fd4_jacobian(lambda p: tut_lagrangian(jnp.asarray(p)), P_TUT)
     assert np.isfinite(value)
     assert rel_err(grad, fd) < 1e-6
 
@@ -319,3 +322,18 @@ def test_ipopt_oracle_pair_skips_derivatives_at_rejected_trial_points():
     np.testing.assert_array_equal(pair.get_deriv(x2), 2 * x2)
     np.testing.assert_array_equal(pair.get_deriv(x2), 2 * x2)  # cached
     assert calls == ["both", "both", "value", "both"]
+
+
+def test_linked_ipopt_release_is_reported_and_current_under_make():
+    """``linked_ipopt_version`` names the IPOPT cyipopt links; ``make install`` (where peers are
+    required) builds it against the casadi wheel's IPOPT 3.14 -- a regression to Debian's 3.11 would
+    silently make every NLP 3-4x slower."""
+    import re
+
+    from kktbridge.adapters.ipopt import linked_ipopt_version
+    from tests._peers import required
+
+    version = linked_ipopt_version()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+    if required():
+        assert tuple(int(v) for v in version.split(".")) >= (3, 14), version
