@@ -120,6 +120,7 @@ class _Problem:
     def __init__(self, oracles: "NLPOracles", p: np.ndarray):
         import jax
 
+        oracles.ready()  # their compilation may still be running in the background (NLPOracles.warm_up)
         self.o, self.p = oracles, jax.device_put(p)
         self.iterations = 0
         self._fg = _Pair(oracles.f, oracles.f_grad, self.p)
@@ -224,17 +225,18 @@ class IpoptAdapter(Adapter):
             return HostSolution(_values(bad, m_eq), Status.INVALID_PROBLEM, 0, "NaN or empty bounds")
         cl = np.concatenate([np.zeros(m_eq), np.full(m - m_eq, -np.inf)])
         cu = np.zeros(m)
-        problem = _Problem(oracles, p)
-        nlp = cyipopt.Problem(n=n, m=m, problem_obj=problem,  # pyright: ignore[reportAttributeAccessIssue]  (no stub, as above)
-                              lb=data["lower"], ub=data["upper"], cl=cl, cu=cu)
-        for key, value in {**DEFAULT_OPTIONS, **options}.items():
-            nlp.add_option(key, value)
-        try:
-            x, info = nlp.solve(x0)
-        except Exception as e:  # cyipopt raises for invalid options and oracle exceptions
-            return HostSolution(_values(bad, m_eq), Status.INVALID_PROBLEM, problem.iterations, repr(e))
-        finally:
-            nlp.close()
+        with oracles.host_context():
+            problem = _Problem(oracles, p)
+            nlp = cyipopt.Problem(n=n, m=m, problem_obj=problem,  # pyright: ignore[reportAttributeAccessIssue]  (no stub, as above)
+                                  lb=data["lower"], ub=data["upper"], cl=cl, cu=cu)
+            for key, value in {**DEFAULT_OPTIONS, **options}.items():
+                nlp.add_option(key, value)
+            try:
+                x, info = nlp.solve(x0)
+            except Exception as e:  # cyipopt raises for invalid options and oracle exceptions
+                return HostSolution(_values(bad, m_eq), Status.INVALID_PROBLEM, problem.iterations, repr(e))
+            finally:
+                nlp.close()
         status = self.map_status(info["status"])
         info = dict(info, x=x)
         return HostSolution(_values(info, m_eq), status, problem.iterations, f"{info['status']}: {info.get('status_msg', b'')!r}")

@@ -122,6 +122,7 @@ def _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq, sparse):
     p_example = jnp.zeros(p_flat.shape, x_flat.dtype)
     oracles = NLPOracles(objective, eq, ineq, unravel_x, unravel_p, m_eq, m_ineq, x_flat.shape[0], sparse=sparse,
                          x_example=x_example, p_example=p_example)
+    oracles.warm_up(p_flat.shape[0])
     with _ORACLE_LOCK:
         _ORACLE_CACHE[key] = oracles
         if len(_ORACLE_CACHE) > _ORACLE_CACHE_SIZE:

@@ -19,15 +19,20 @@ Either way the adapter receives values in the order of ``jac_rows/jac_cols`` and
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kktbridge.core._xla import stage_jit
+from kktbridge.core._xla import in_background, stage_jit
 
 __all__ = ["NLPOracles"]
+
+#: Oracles -> ``wait()`` of their background warm-up, kept off the object: process and Ray executors
+#: pickle the oracles, and a thread's join neither pickles nor needs to travel.
+_WARMING: "weakref.WeakKeyDictionary[NLPOracles, Callable[[], None]]" = weakref.WeakKeyDictionary()
 
 
 class NLPOracles:
@@ -94,6 +99,42 @@ class NLPOracles:
         self.c_jac = stage_jit(lambda x, p: (c(x, p), jnp.ravel(jax.jacfwd(c)(x, p))))
         self.hess = stage_jit(hess)
         self.jac_rows, self.jac_cols = (a.ravel() for a in np.indices((self.m, n)))
+
+    def warm_up(self, p_size: int) -> None:
+        """Compile the oracles IPOPT always calls in a background thread; :meth:`ready` waits for it.
+
+        The bridge calls this as soon as the oracles exist, so that their compilation (XLA
+        compiles without holding the GIL) overlaps the tracing and compilation of the bridge's own
+        solve stage instead of following it when IPOPT first calls back. The arguments are what
+        the IPOPT adapter passes (float64 NumPy ``x`` and ``λ``, ``p`` on the device, a Python
+        float ``σ``) in :meth:`host_context`, so the compiled executables are the ones its calls
+        look up. A failure here is ignored: the real call raises it again (and a failing oracle
+        leaves the later ones to their first call).
+        """
+
+        def run() -> None:
+            with self.host_context():
+                x, p, lam = np.zeros(self.n), jax.device_put(np.zeros(p_size)), np.zeros(self.m)
+                # Not the value-only f and c: IPOPT calls them only after a rejected trial point.
+                for fn, args in ((self.f_grad, (x, p)), (self.c_jac, (x, p)), (self.hess, (x, p, 1.0, lam))):
+                    fn.lower(*args).compile()
+
+        _WARMING[self] = in_background(run)
+
+    @staticmethod
+    def host_context():
+        """The context the oracles are compiled and called in: JAX's CPU device as the default.
+
+        A ``jax.pure_callback`` sets it for the callback (the inline path), a worker thread has none;
+        fixing it makes every call look up the same executables, also those of :meth:`warm_up`
+        (the device is part of ``jax.jit``'s cache key)."""
+        return jax.default_device(jax.local_devices(backend="cpu")[0])
+
+    def ready(self) -> None:
+        """Wait for :meth:`warm_up` (no-op without one, or after the first wait)."""
+        wait = _WARMING.pop(self, None)
+        if wait is not None:
+            wait()
 
     def _try_sparse(self, c, lagrangian, x, p, required: bool) -> bool:
         """Detect patterns and build the colored oracles; ``False`` (dense) when auto declines."""

@@ -275,3 +275,29 @@ def test_warm_eager_nlp_calls_never_retrace_user_functions():
         jax.block_until_ready(x_of(t0 * (1 + 0.01 * i)))
         jax.block_until_ready(jax.jacrev(x_of)(t0 * (1 + 0.01 * i)))
     assert calls == before, (before, calls)
+
+
+@pytest.mark.parametrize("mode", ["solve", "jacrev"])
+def test_first_nlp_call_background_compilation_compiles_nothing_twice(mode, monkeypatch):
+    """A structure's first NLP call compiles IPOPT's oracles in a background thread, to be found in
+    ``jax.jit``'s cache by IPOPT's callbacks. Each must be compiled once: as many compilations as
+    without the background work -- a key mismatch (e.g. the default device a ``pure_callback``
+    sets) would compile them twice -- and the values equal."""
+    import kktbridge.core._oracles as oracles_mod
+
+    def first_call():
+        kb.clear_caches()
+        with count_compiles() as c:
+            if mode == "solve":
+                out = call_theta("nlp", 0.3)
+            else:
+                out = jax.jacrev(lambda s: call_theta("nlp", s))(0.3)
+        return c["n"], out
+
+    first_call()  # JAX's own eager helpers, compiled once per process
+    n_background, out_background = first_call()
+    monkeypatch.setattr(oracles_mod, "in_background", lambda work: (lambda: None))
+    n_plain, out_plain = first_call()
+    assert n_background == n_plain, (n_background, n_plain)
+    assert n_background > 0
+    np.testing.assert_array_equal(out_background, out_plain)
