@@ -14,7 +14,7 @@ which is exactly the Lagrangian kktbridge's KKT residual uses.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Optional
 
 import numpy as np
 
@@ -65,87 +65,80 @@ def linked_ipopt_version() -> str:
     return ".".join(str(v) for v in getattr(cyipopt, "IPOPT_VERSION", ()))  # compiled, stub-less
 
 
-class _Pair:
-    """A value and its derivative at the last point, from a value-only and a fused oracle.
-
-    IPOPT asks for a value at every trial point of its line search and for the derivative only at
-    the point it accepts. While trial points keep being accepted (the derivative is asked for at
-    the point of the last value), the fused oracle computes both in one call; after a rejection
-    the value-only oracle is used, so rejected trials never pay for a derivative (a dense
-    constraint Jacobian costs ``n`` JVPs). Outputs are host float64 arrays.
-    """
-
-    def __init__(self, value_fn: Callable, both_fn: Callable, p: Any):
-        self.value_fn, self.both_fn, self.p = value_fn, both_fn, p
-        self.x: Optional[np.ndarray] = None
-        self.value: np.ndarray = np.zeros(0)  # meaningful once self.x is set
-        self.deriv: Optional[np.ndarray] = None
-        self.fused = True  # the first point is always used (IPOPT starts with value + derivative)
-
-    def _at(self, x) -> bool:
-        return self.x is not None and np.array_equal(self.x, x)
-
-    def _both(self, x) -> np.ndarray:
-        v, d = self.both_fn(x, self.p)
-        deriv = np.asarray(d, dtype=np.float64)
-        self.x, self.value, self.deriv = np.array(x, copy=True), np.asarray(v, dtype=np.float64), deriv
-        return deriv
-
-    def get_value(self, x) -> np.ndarray:
-        if not self._at(x):
-            if self.fused:
-                self._both(x)
-            else:
-                self.x, self.value, self.deriv = np.array(x, copy=True), np.asarray(self.value_fn(x, self.p), dtype=np.float64), None
-            # Until the derivative at this point is asked for, the point counts as rejected.
-            self.fused = False
-        return self.value
-
-    def get_deriv(self, x) -> np.ndarray:
-        deriv = self.deriv if self._at(x) else None
-        if deriv is None:
-            deriv = self._both(x)
-        self.fused = True
-        return deriv
-
-
 class _Problem:
     """cyipopt problem object evaluating the compiled oracles at fixed parameters ``p``.
 
-    ``objective``/``gradient`` and ``constraints``/``jacobian`` each share a :class:`_Pair`:
-    one fused evaluation per accepted point, values alone at rejected trial points. ``p`` is
-    moved to the device once, not at every oracle call.
+    IPOPT asks for ``f`` and ``c`` at every trial point of its line search and for ``∇f`` and ``J``
+    only at the point it accepts. One cache holds all four at the last point: while trial points
+    keep being accepted (the derivatives are asked for at the point of the last values), a new
+    point gets all four from one ``first_order`` call; after a rejection, only ``(f, c)`` from the
+    ``values`` call, so rejected trials never pay for a derivative (a dense constraint Jacobian
+    costs ``n`` JVPs). ``p`` is moved to the device once, not at every oracle call. Outputs are
+    host float64 arrays.
     """
 
     def __init__(self, oracles: "NLPOracles", p: np.ndarray):
         import jax
 
+        from kktbridge.core._xla import top_level
+
         oracles.ready()  # their compilation may still be running in the background (NLPOracles.warm_up)
         self.o, self.p = oracles, jax.device_put(p)
+        self._values, self._first_order, self._hess = (top_level(fn) for fn in (oracles.values, oracles.first_order, oracles.hess))
         self.iterations = 0
-        self._fg = _Pair(oracles.f, oracles.f_grad, self.p)
-        self._cj = _Pair(oracles.c, oracles.c_jac, self.p)
+        self.x: Optional[np.ndarray] = None
+        self.f, self.c = 0.0, np.zeros(0)  # meaningful once self.x is set
+        self.g: Optional[np.ndarray] = None
+        self.J: Optional[np.ndarray] = None
+        self.fused = True  # the first point is always used (IPOPT starts with values + derivatives)
+
+    def _at(self, x) -> bool:
+        return self.x is not None and np.array_equal(self.x, x)
+
+    def _all(self, x) -> None:
+        f, g, c, J = self._first_order(x, self.p)
+        self.x, self.f, self.c = np.array(x, copy=True), float(f), np.asarray(c, dtype=np.float64)
+        self.g, self.J = np.asarray(g, dtype=np.float64), np.asarray(J, dtype=np.float64)
+
+    def _point(self, x) -> None:
+        if not self._at(x):
+            if self.fused:
+                self._all(x)
+            else:
+                f, c = self._values(x, self.p)
+                self.x, self.f, self.c, self.g, self.J = np.array(x, copy=True), float(f), np.asarray(c, dtype=np.float64), None, None
+            # Until the derivatives at this point are asked for, the point counts as rejected.
+            self.fused = False
+
+    def _derivatives(self, x) -> None:
+        if self.g is None or not self._at(x):
+            self._all(x)
+        self.fused = True
 
     def objective(self, x):
-        return float(self._fg.get_value(x))
+        self._point(x)
+        return self.f
 
     def gradient(self, x):
-        return self._fg.get_deriv(x)
+        self._derivatives(x)
+        return self.g
 
     def constraints(self, x):
-        return self._cj.get_value(x)
+        self._point(x)
+        return self.c
 
     def jacobianstructure(self):
         return self.o.jac_rows, self.o.jac_cols
 
     def jacobian(self, x):
-        return self._cj.get_deriv(x)
+        self._derivatives(x)
+        return self.J
 
     def hessianstructure(self):
         return self.o.hess_rows, self.o.hess_cols
 
     def hessian(self, x, lagrange, obj_factor):
-        return np.asarray(self.o.hess(x, self.p, obj_factor, lagrange))
+        return np.asarray(self._hess(x, self.p, obj_factor, lagrange))
 
     def intermediate(self, alg_mod, iter_count, *args):
         self.iterations = int(iter_count)

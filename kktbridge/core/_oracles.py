@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kktbridge.core._xla import in_background, stage_jit
+from kktbridge.core._xla import in_background, stage_jit, top_level
 
 __all__ = ["NLPOracles"]
 
@@ -77,14 +77,9 @@ class NLPOracles:
         def lagrangian(x, p, sigma, lam):
             return sigma * f(x, p) + jnp.vdot(lam, c(x, p))
 
-        self.f_grad = stage_jit(jax.value_and_grad(f))
-        # Values alone for IPOPT's line-search trial points, most of which are rejected and never
-        # need a derivative (the pendulum OCP: 280 trial evaluations for 78 accepted iterates).
-        self.f = stage_jit(f)
-        self.c = stage_jit(c)
         self.sparse = False
         if sparse is None or sparse:
-            self.sparse = self._try_sparse(c, lagrangian, x_example, p_example, required=bool(sparse))
+            self.sparse = self._try_sparse(f, c, lagrangian, x_example, p_example, required=bool(sparse))
         if self.sparse:
             return
         rows, cols = np.tril_indices(n)
@@ -93,12 +88,24 @@ class NLPOracles:
         def hess(x, p, sigma, lam):
             return jax.hessian(lagrangian)(x, p, sigma, lam)[rows, cols]
 
-        # One compiled call for (f, ∇f) and one for (c, J), besides the value-only f and c: where
-        # IPOPT accepts its trial points it asks for the derivative at the point whose value it
-        # just had, and the fused call serves both (see the IPOPT adapter's _Problem).
-        self.c_jac = stage_jit(lambda x, p: (c(x, p), jnp.ravel(jax.jacfwd(c)(x, p))))
+        self._first_order(f, c, lambda x, p: (c(x, p), jnp.ravel(jax.jacfwd(c)(x, p))))
         self.hess = stage_jit(hess)
         self.jac_rows, self.jac_cols = (a.ravel() for a in np.indices((self.m, n)))
+
+    def _first_order(self, f: Callable, c: Callable, c_jac: Callable) -> None:
+        """The host oracles of one point: ``values(x, p) -> (f, c)`` and
+        ``first_order(x, p) -> (f, ∇f, c, J values)``, one compiled call each.
+
+        IPOPT asks for ``f`` and ``c`` at every trial point of its line search, most of which are
+        rejected and never need a derivative (the pendulum OCP: 280 trial evaluations for 78
+        accepted iterates), and for ``∇f`` and ``J`` at the point it accepts. Both pairs in one call
+        halve the dispatches (tens of microseconds each, which small problems feel: they are most
+        of the gap to CasADi's IPOPT there). ``c_jac(x, p) -> (c, J values)`` also stays on its own
+        (the sparse KKT check takes the row norms of ``J`` from it).
+        """
+        self.c_jac = stage_jit(c_jac)
+        self.values = stage_jit(lambda x, p: (f(x, p), c(x, p)))
+        self.first_order = stage_jit(lambda x, p: (*jax.value_and_grad(f)(x, p), *c_jac(x, p)))
 
     def warm_up(self, p_size: int) -> None:
         """Compile the oracles IPOPT always calls in a background thread; :meth:`ready` waits for it.
@@ -115,9 +122,9 @@ class NLPOracles:
         def run() -> None:
             with self.host_context():
                 x, p, lam = np.zeros(self.n), jax.device_put(np.zeros(p_size)), np.zeros(self.m)
-                # Not the value-only f and c: IPOPT calls them only after a rejected trial point.
-                for fn, args in ((self.f_grad, (x, p)), (self.c_jac, (x, p)), (self.hess, (x, p, 1.0, lam))):
-                    fn.lower(*args).compile()
+                # Not the value-only oracle: IPOPT calls it only after a rejected trial point.
+                for fn, args in ((self.first_order, (x, p)), (self.hess, (x, p, 1.0, lam))):
+                    top_level(fn).lower(*args).compile()
 
         _WARMING[self] = in_background(run)
 
@@ -136,7 +143,7 @@ class NLPOracles:
         if wait is not None:
             wait()
 
-    def _try_sparse(self, c, lagrangian, x, p, required: bool) -> bool:
+    def _try_sparse(self, f, c, lagrangian, x, p, required: bool) -> bool:
         """Detect patterns and build the colored oracles; ``False`` (dense) when auto declines."""
         from kktbridge.core import _sparsity
 
@@ -172,7 +179,7 @@ class NLPOracles:
         lower_idx = np.flatnonzero(lower)
         self.hess = stage_jit(lambda x, p, sigma, lam: hess_values(x, p, sigma, lam)[lower_idx])
         if jac_col is not None:
-            self.c_jac = stage_jit(_sparsity.colored_jacobian(c, jac_col))
+            self._first_order(f, c, _sparsity.colored_jacobian(c, jac_col))
         else:
-            self.c_jac = stage_jit(lambda x, p: (c(x, p), jnp.zeros((0,), x.dtype)))
+            self._first_order(f, c, lambda x, p: (c(x, p), jnp.zeros((0,), x.dtype)))
         return True

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from kktbridge.core._jax_compat import is_linearize_tracer
 
-__all__ = ["stage_jit", "cpu_compiler_options", "in_background"]
+__all__ = ["stage_jit", "cpu_compiler_options", "in_background", "top_level"]
 
 _YNN_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
@@ -86,9 +86,6 @@ class _StageJit:
                 self._nested.add(kinds)
         return self._plain(*args, **kwargs)
 
-    def lower(self, *args: Any, **kwargs: Any) -> Any:
-        """``jax.jit(...).lower`` of the top-level program (what a call with concrete arrays runs)."""
-        return self._top.lower(*args, **kwargs)
 
 
 #: Background work not yet waited for; joined at exit, so that no XLA compilation is still running
@@ -124,6 +121,13 @@ def in_background(work: Callable[[], None]) -> Callable[[], None]:
     _PENDING.add(thread)
     thread.start()
     return thread.join
+
+
+def top_level(fun: Any) -> Any:
+    """The top-level ``jax.jit`` of a :func:`stage_jit` function (``fun`` itself for a plain one),
+    for host code that calls it with concrete arrays only -- such as IPOPT's oracles, hundreds of
+    times per solve: it skips :class:`_StageJit`'s per-call choice (~10 µs of a ~35 µs call)."""
+    return fun._top if isinstance(fun, _StageJit) else fun
 
 
 def stage_jit(fun: Callable[..., Any], **kwargs: Any) -> Any:

@@ -298,30 +298,38 @@ def test_nlp_solution_record():
     assert isinstance(jax.tree_util.tree_unflatten(tree, leaves), kb.NLPSolution)
 
 
-def test_ipopt_oracle_pair_skips_derivatives_at_rejected_trial_points():
-    """The adapter's value/derivative cache: a fused call while trial points are accepted, values
-    alone after a rejection, and every answer equal to the oracle's at the point asked."""
-    from kktbridge.adapters.ipopt import _Pair
+def test_ipopt_oracle_cache_skips_derivatives_at_rejected_trial_points():
+    """The adapter's cache of (f, c, ∇f, J) at the last point: one first-order call per point while
+    trial points are accepted, values alone after a rejection, and every answer equal to the
+    oracle's at the point asked (objective and constraints share each call)."""
+    from types import SimpleNamespace
+
+    from kktbridge.adapters.ipopt import _Problem
 
     calls = []
 
-    def value(x, p):
-        calls.append("value")
-        return np.sum(x**2)
+    def values(x, p):
+        calls.append("values")
+        return np.sum(x**2), x[:1] - 1.0
 
-    def both(x, p):
-        calls.append("both")
-        return np.sum(x**2), 2 * x
+    def first_order(x, p):
+        calls.append("first_order")
+        return np.sum(x**2), 2 * x, x[:1] - 1.0, np.array([1.0, 0.0])
 
-    pair = _Pair(value, both, None)
+    oracles = SimpleNamespace(values=values, first_order=first_order, hess=None, ready=lambda: None)
+    problem = _Problem(oracles, np.zeros(1))  # pyright: ignore[reportArgumentType]  (a stand-in)
     x0, x1, x2 = np.array([1.0, 2.0]), np.array([0.5, 1.0]), np.array([0.25, 0.5])
-    assert pair.get_value(x0) == 5.0
-    np.testing.assert_array_equal(pair.get_deriv(x0), 2 * x0)  # accepted: served by the fused call
-    assert pair.get_value(x1) == 1.25  # fused (the last trial was accepted) ...
-    assert pair.get_value(x2) == 0.3125  # ... x1 rejected: value alone
-    np.testing.assert_array_equal(pair.get_deriv(x2), 2 * x2)
-    np.testing.assert_array_equal(pair.get_deriv(x2), 2 * x2)  # cached
-    assert calls == ["both", "both", "value", "both"]
+    assert problem.objective(x0) == 5.0 and problem.constraints(x0) == 0.0
+    np.testing.assert_array_equal(problem.gradient(x0), 2 * x0)  # accepted: served by the same call
+    np.testing.assert_array_equal(problem.jacobian(x0), [1.0, 0.0])
+    assert problem.objective(x1) == 1.25  # first order (the last trial was accepted) ...
+    assert problem.constraints(x1) == -0.5
+    assert problem.objective(x2) == 0.3125  # ... x1 rejected: values alone
+    assert problem.constraints(x2) == -0.75
+    np.testing.assert_array_equal(problem.gradient(x2), 2 * x2)
+    np.testing.assert_array_equal(problem.gradient(x2), 2 * x2)  # cached
+    np.testing.assert_array_equal(problem.jacobian(x2), [1.0, 0.0])
+    assert calls == ["first_order", "first_order", "values", "first_order"]
 
 
 def test_linked_ipopt_release_is_reported_and_current_under_make():
