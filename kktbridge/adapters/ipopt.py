@@ -2,11 +2,12 @@
 
 The problem ``min f(x, p) s.t. c_E(x, p) = 0, c_I(x, p) ≤ 0, l ≤ x ≤ u`` reaches IPOPT as
 ``cl ≤ c(x) ≤ cu`` with ``c = (c_E, c_I)``, ``cl = (0, -inf)``, ``cu = (0, 0)``. Objective,
-gradient, constraints, dense constraint Jacobian and the lower triangle of the Lagrangian Hessian
-``σ ∇²f + Σ λ_i ∇²c_i`` are compiled once per problem *structure* by the NLP bridge
-(:class:`kktbridge.core._oracles.NLPOracles`, handed over in the adapter's
-:class:`~kktbridge.core._types.NLPStructure` record by :meth:`~kktbridge.adapters.Adapter.prepare`)
-and called on the host by IPOPT; this adapter does no autodiff itself.
+gradient, constraints, the constraint Jacobian's values (dense or on a detected pattern) and the
+lower triangle of the Lagrangian Hessian ``σ ∇²f + Σ λ_i ∇²c_i`` are compiled once per problem
+*structure* by the NLP bridge (:class:`kktbridge.core._oracles.NLPOracles`, handed over in the
+adapter's :class:`~kktbridge.core._types.NLPStructure` record by
+:meth:`~kktbridge.adapters.Adapter.prepare`) and called on the host by IPOPT, on JAX's CPU device;
+this adapter does no autodiff itself.
 
 Multiplier conventions (IPOPT's): ``∇f + J_Eᵀν + J_Iᵀλ - z_L + z_U = 0`` with ``λ, z_L, z_U ≥ 0``,
 which is exactly the Lagrangian kktbridge's KKT residual uses.
