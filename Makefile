@@ -40,8 +40,8 @@ $(STAMP): pyproject.toml $(SYSSTAMP)
 # cyipopt rebuilt against the IPOPT 3.14 + MUMPS 5.8 that the casadi wheel (a test dependency) ships
 # with its headers: Debian's IPOPT 3.11 / MUMPS 5.5 took 3-4x longer on the same iterations (chain
 # NLP, 20,001 variables: 1.7 s vs 0.49 s, measured). Falls back to the system build (a note, not
-# an error) when casadi's layout differs; `python -c "import cyipopt; print(cyipopt.IPOPT_VERSION)"`
-# tells which one is linked.
+# an error) when casadi's layout differs; kktbridge.adapters.ipopt.linked_ipopt_version() tells
+# which one is linked.
 $(IPOPTSTAMP): $(STAMP)
 	@CAS=$$($(PY) -c 'import casadi, os; print(os.path.dirname(casadi.__file__))' 2>/dev/null); \
 	VER=$$($(PY) -c 'import importlib.metadata as m; print(m.version("cyipopt"))'); \
@@ -52,7 +52,7 @@ $(IPOPTSTAMP): $(STAMP)
 	    $(PY) -m pip install -q --no-cache-dir --force-reinstall --no-deps --no-binary cyipopt "cyipopt==$$VER" \
 	    || echo "note: cyipopt could not be rebuilt against casadi's IPOPT; keeping the system build"; \
 	else echo "note: casadi ships no IPOPT headers here; cyipopt keeps the system IPOPT"; fi
-	@$(PY) -c 'import cyipopt; print("cyipopt links IPOPT", ".".join(map(str, cyipopt.IPOPT_VERSION)))'
+	@$(PY) -c 'from kktbridge.adapters.ipopt import linked_ipopt_version as v; print("cyipopt links IPOPT", v())'
 	@touch $@
 
 install: $(IPOPTSTAMP)

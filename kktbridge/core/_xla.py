@@ -87,7 +87,6 @@ class _StageJit:
         return self._plain(*args, **kwargs)
 
 
-
 #: Background work not yet waited for; joined at exit, so that no XLA compilation is still running
 #: while the interpreter tears down (a first call can raise before it waits, e.g. on a failed solve).
 _PENDING: set[threading.Thread] = set()
