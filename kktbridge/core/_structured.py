@@ -4,16 +4,23 @@ r"""Explicit formats of the IFT matrix ``∂₁F`` (dense, and the QP's KKT bloc
 arrays (``data``) plus a static :class:`MatrixFormat` that knows how to multiply and solve with it.
 The default :class:`DenseFormat` is a plain matrix; :class:`QPKKTFormat` keeps a QP's KKT matrix
 as its blocks and solves it by a Schur complement, so that, under ``vmap`` over instances that
-share ``P``, ``A`` and ``G``, the expensive factorisations are shared by the whole batch.
+share ``P``, ``A`` and ``G``, the expensive factorisations are shared by the whole batch. Large
+systems on a CPU backend are solved on the host (:func:`_host_saddle`, through
+:func:`jax.pure_callback`): there the Schur complement shrinks to the active rows and ``chol(P)``
+is reused across calls. Either way the solve sits inside :func:`jax.lax.custom_linear_solve`,
+which never differentiates it, so higher derivatives are unaffected.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Callable, Protocol
 
 import jax
 import jax.numpy as jnp
 import jax.scipy as jsp
+import numpy as np
 
 from kktbridge.core._linear_solve import _dense_solver, _robust_kernel
 from kktbridge.core._types import PyTree
@@ -122,6 +129,209 @@ def _saddle_solve(L, LS, C0, c, bx, by):
     return x[:, 0], y[:, 0]
 
 
+# ----------------------------------------------------------------------------- host (CPU) path
+
+#: Smallest ``n + p + m`` for which, on a CPU backend, the Schur-complement solve runs on the host
+#: (:func:`_host_saddle`) instead of in XLA. On the host SciPy's LAPACK factors only the *active*
+#: rows' Schur complement (a size XLA's static shapes cannot follow) and a layer's shared
+#: ``chol(P)`` is cached across calls; per system it pays ~30 µs of Python. Measured on a 2-core
+#: CPU (backward of a vmap-ed layer / jacrev of one instance): at 160 unknowns XLA wins (1.4 vs
+#: 2.0 ms, batch of 32), at 240 it depends (2.1 vs 2.8 ms batched, 16 vs 9 ms jacrev), from 320 on
+#: the host does (6.3 vs 2.7 ms at 320, 22 vs 6 ms at 750). Tests lower it to run both paths.
+HOST_MIN_SIZE = 300
+
+
+def _use_host(n: int, p: int, m: int) -> bool:
+    return n + p + m >= HOST_MIN_SIZE and jax.default_backend() == "cpu"
+
+
+@functools.cache
+def _lapack() -> tuple[Callable, Callable, Callable]:
+    """SciPy's double-precision ``potrf``, ``potrs``, ``trtrs`` (called directly: no input checks)."""
+    from scipy.linalg import get_lapack_funcs
+
+    return tuple(get_lapack_funcs(("potrf", "potrs", "trtrs"), dtype=np.float64))
+
+
+def _host_chol(S: np.ndarray):
+    """Lower Cholesky factor of ``S`` and whether it passes :func:`_chol_ok`'s pivot test."""
+    L, info = _lapack()[0](S, lower=1, clean=1)
+    piv = np.diagonal(L) ** 2
+    # NaN pivots fail both comparisons.
+    return L, info == 0 and bool(piv.min() > RCOND * piv.max()) if piv.size else info == 0
+
+
+class _FactorCache:
+    """The shared part of :func:`_host_saddle` -- ``chol(P_s)``, ``W = L⁻¹C0ᵀ``, ``WᵀW`` -- for the
+    last few ``(P_s, C0)``, keyed by their exact contents: a layer called again with the same
+    ``P``, ``A``, ``G`` (a training loop; new ``q``, ``h``, ``b`` only) skips the ``O(n³)`` work.
+    Bounded (:attr:`SIZE` entries, each at most :attr:`MAX_BYTES`); :func:`kktbridge.clear_caches`
+    empties it."""
+
+    SIZE = 4
+    MAX_BYTES = 256 << 20
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[np.ndarray, np.ndarray, tuple]] = []
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def get(self, Ps: np.ndarray, C0: np.ndarray) -> tuple:
+        with self._lock:
+            for i, (P1, C1, value) in enumerate(self._entries):
+                if P1.shape == Ps.shape and C1.shape == C0.shape and np.array_equal(P1, Ps) and np.array_equal(C1, C0):
+                    self._entries.insert(0, self._entries.pop(i))
+                    return value
+        value = self._factor(Ps, C0)
+        n, k = C0.shape[1], C0.shape[0]
+        if value[-1] and 8 * (2 * n * n + 2 * n * k + k * k) <= self.MAX_BYTES:
+            with self._lock:
+                self._entries.insert(0, (Ps.copy(), C0.copy(), value))
+                del self._entries[self.SIZE :]
+        return value
+
+    @staticmethod
+    def _factor(Ps: np.ndarray, C0: np.ndarray) -> tuple:
+        L, good = _host_chol(Ps)
+        if not good:
+            return L, None, None, False
+        W = _lapack()[2](L, C0.T, lower=1)[0]  # L⁻¹ C0ᵀ, (n, k)
+        return L, W, W.T @ W, True
+
+
+_FACTORS = _FactorCache()
+
+
+def clear_factor_cache() -> None:
+    """Forget the host QP backward's cached factorisations (:class:`_FactorCache`)."""
+    _FACTORS.clear()
+class _OneBlasThread:
+    """Context: BLAS/LAPACK single-threaded while any host kernel runs (reference-counted, so
+    concurrent callbacks neither fight over nor lose the caller's setting, which the last one out
+    restores). Why: NumPy's and SciPy's wheels each bundle an OpenBLAS with its own thread pool, and
+    this kernel alternates between them (``@`` and LAPACK); each pool's idle threads spin and starve
+    the other's, which made the kernel 3-4x *slower* with two threads than with one on a 2-core
+    CPU (n = 500: 13-16 vs 3-4 ms, measured)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._limiter = None
+        self._controller = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                if self._controller is None:
+                    import scipy.linalg.lapack  # noqa: F401  (loaded first, so that its BLAS is seen)
+                    from threadpoolctl import ThreadpoolController
+
+                    self._controller = ThreadpoolController().select(user_api="blas")
+                self._limiter = self._controller.limit(limits=1)
+            self._depth += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._limiter is not None:
+                self._limiter.restore_original_limits()
+                self._limiter = None
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
+
+
+def _host_saddle(Ps, C0, c, e, bx, by):
+    """NumPy kernel of :func:`_saddle`: every operand carries the same number of leading batch axes
+    (``vmap_method="expand_dims"``), each of size 1 where that operand is not batched.
+
+    Per distinct ``(P_s, C0)`` (usually one: a layer's batch shares them): ``L = chol(P_s)``,
+    ``W = L⁻¹C0ᵀ`` and ``WᵀW`` (:class:`_FactorCache`), and ``C0 P_s⁻¹ bx`` for all right-hand sides
+    in one product. Per distinct mask ``(c, e)``: the Cholesky factor of the Schur complement on
+    the rows with ``c ≠ 0`` only -- rows with ``c = 0`` decouple, ``y_i = -by_i / e_i`` -- which
+    solves every right-hand side that shares the mask (all tangents of a ``jacfwd``).
+    """
+    with _ONE_BLAS_THREAD:
+        return _host_saddle_kernel(Ps, C0, c, e, bx, by)
+
+
+def _host_saddle_kernel(Ps, C0, c, e, bx, by):
+    _, potrs, trtrs = _lapack()
+
+    out_dtype = bx.dtype
+    Ps, C0, c, e, bx, by = (np.asarray(t, dtype=np.float64) for t in (Ps, C0, c, e, bx, by))
+    n, k = Ps.shape[-1], C0.shape[-2]
+    lead = np.broadcast_shapes(Ps.shape[:-2], C0.shape[:-2], c.shape[:-1], e.shape[:-1], bx.shape[:-1], by.shape[:-1])
+    R = int(np.prod(lead, dtype=np.int64))
+
+    def flat(t, tail):  # (count, *tail) and, per right-hand side, the index into it
+        count = int(np.prod(t.shape[: t.ndim - len(tail)], dtype=np.int64))
+        ids = np.broadcast_to(np.arange(count).reshape(t.shape[: t.ndim - len(tail)]), lead).reshape(R)
+        return t.reshape((count,) + tail), ids
+
+    (Ps_f, P_id), (C0_f, C_id) = flat(Ps, (n, n)), flat(C0, (k, n))
+    (c_f, c_id), (e_f, e_id) = flat(c, (k,)), flat(e, (k,))
+    BX = np.broadcast_to(bx, lead + (n,)).reshape(R, n)
+    BY = np.broadcast_to(by, lead + (k,)).reshape(R, k)
+    X, Y, ok = np.full((R, n), np.nan), np.full((R, k), np.nan), np.zeros(R, bool)
+    mat = P_id * C0_f.shape[0] + C_id
+    for mid in np.unique(mat):
+        rows = np.flatnonzero(mat == mid)
+        C1 = C0_f[C_id[rows[0]]]
+        L, W, gram, good = _FACTORS.get(Ps_f[P_id[rows[0]]], C1)
+        if not good:
+            continue
+        cr, er, byr = c_f[c_id[rows]], e_f[e_id[rows]], BY[rows]
+        T = (W.T @ trtrs(L, BX[rows].T, lower=1)[0]).T  # C0 P⁻¹ bx, (r, k)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            Yr = np.where(cr != 0, 0.0, -byr / er)  # the decoupled rows (NaN where e_i = 0 too)
+        okr = ~np.any((cr == 0) & (er == 0), axis=1)
+        # General masks scale the Schur complement; the QP's are 0/1 with e = 0 on active rows.
+        plain = bool(np.all((cr == 0) | (cr == 1)) and not np.any((cr != 0) & (er != 0)))
+        masks = c_id[rows] * e_f.shape[0] + e_id[rows]
+        order = np.argsort(masks, kind="stable")
+        starts = np.flatnonzero(np.diff(masks[order], prepend=-1))
+        for sel in np.split(order, starts[1:]):
+            i0 = sel[0]
+            a = np.flatnonzero(cr[i0])
+            if not (okr[i0] and a.size):
+                continue
+            S = gram[a[:, None], a]
+            if not plain:
+                ca, ea = cr[i0, a], er[i0, a]
+                S = S * np.outer(ca, ca)
+                S[np.diag_indices_from(S)] += ea
+            LS, good = _host_chol(S)
+            if not good:
+                okr[sel] = False
+                continue
+            rhs = T[sel[:, None], a] * (1.0 if plain else cr[i0, a]) - byr[sel[:, None], a]
+            Yr[sel[:, None], a] = potrs(LS, rhs.T, lower=1)[0].T
+        Yr[~okr] = 0.0
+        X[rows] = potrs(L, (BX[rows] - (cr * Yr) @ C1).T, lower=1)[0].T
+        Y[rows] = Yr
+        ok[rows] = okr
+    X[~ok], Y[~ok] = np.nan, np.nan
+    return X.reshape(lead + (n,)).astype(out_dtype), Y.reshape(lead + (k,)).astype(out_dtype), ok.reshape(lead)
+
+
+def _saddle(Ps, C0, c, e, bx, by):
+    """``(x, y, ok)`` solving ``[[P_s, Cᵀ], [C, -diag(e)]] [x; y] = [bx; by]`` with ``C = diag(c) C0``:
+    in XLA (:func:`_saddle_factor`, :func:`_saddle_solve`), or on the host for large systems on a
+    CPU backend (:data:`HOST_MIN_SIZE`)."""
+    n, k = Ps.shape[0], C0.shape[0]
+    if not _use_host(n, 0, k):
+        L, LS, ok = _saddle_factor(Ps, C0, c, e)
+        x, y = _saddle_solve(L, LS, C0, c, bx, by)
+        return x, y, ok
+    dt = bx.dtype
+    shapes = (jax.ShapeDtypeStruct((n,), dt), jax.ShapeDtypeStruct((k,), dt), jax.ShapeDtypeStruct((), jnp.bool_))
+    return jax.pure_callback(_host_saddle, shapes, Ps, C0, c, e, bx, by, vmap_method="expand_dims")
+
+
 def _qp_structured(data, b, transpose: bool):
     """Schur-complement solve of ``J z = b`` (or ``Jᵀ z = b``) and whether it is trustworthy.
 
@@ -140,13 +350,12 @@ def _qp_structured(data, b, transpose: bool):
     C0 = jnp.concatenate([A, G])
     c = jnp.concatenate([jnp.ones((p,), Ps.dtype), d * f])
     e = jnp.concatenate([jnp.zeros((p,), Ps.dtype), 1 - d])
-    L, LS, ok = _saddle_factor(Ps, C0, c, e)
     bx, bnu, blam = b[:n], b[n : n + p], b[n + p :]
     if not transpose:
-        x, y = _saddle_solve(L, LS, C0, c, bx - G.T @ (f * (1 - d) * blam), jnp.concatenate([bnu, -d * blam]))
+        x, y, ok = _saddle(Ps, C0, c, e, bx - G.T @ (f * (1 - d) * blam), jnp.concatenate([bnu, -d * blam]))
         z = jnp.concatenate([x, y[:p], d * y[p:] + (1 - d) * blam])
     else:
-        x, y = _saddle_solve(L, LS, C0, c, bx, jnp.concatenate([bnu, d * blam]))
+        x, y, ok = _saddle(Ps, C0, c, e, bx, jnp.concatenate([bnu, d * blam]))
         z = jnp.concatenate([x, y[:p], -d * y[p:] + (1 - d) * (blam - f * (G @ x))])
     return z, ok & jnp.all(jnp.isfinite(z))
 
@@ -165,7 +374,8 @@ def _qp_refined(data, b, transpose: bool):
     """:func:`_qp_structured`, plus one step of iterative refinement in single precision (where the
     Schur complement loses digits; as the dense solver's LU does)."""
     z, ok = _qp_structured(data, b, transpose)
-    if jnp.finfo(b.dtype).bits < 64:
+    Ps, A, G, _, _, p, m = _qp_blocks(data)
+    if jnp.finfo(b.dtype).bits < 64 and not _use_host(Ps.shape[0], p, m):  # the host computes in float64
         dz, ok2 = _qp_structured(data, b - _qp_matvec(data, z, transpose), transpose)
         z, ok = z + dz, ok & ok2
     return z, ok

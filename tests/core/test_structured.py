@@ -5,7 +5,31 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import kktbridge.core._structured as structured
 from kktbridge.core._structured import DENSE, QP_KKT, qp_kkt_dense
+
+
+@pytest.fixture(params=["xla", "host"])
+def path(request, monkeypatch):
+    """Run a test through the XLA Schur solve and through the host kernel (``HOST_MIN_SIZE`` moved
+    so that these small systems take it); yields the number of host kernel calls so far."""
+    calls = []
+    kernel = structured._host_saddle_kernel
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return kernel(*args)
+
+    monkeypatch.setattr(structured, "_host_saddle_kernel", counted)
+    monkeypatch.setattr(structured, "HOST_MIN_SIZE", 0 if request.param == "host" else 10**9)
+    structured.clear_factor_cache()
+    return request.param, calls
+
+
+def _used(path):
+    """The host kernel ran iff the host path was asked for (no trace leaked across the settings)."""
+    name, calls = path
+    assert bool(calls) == (name == "host"), (name, calls)
 
 
 def blocks(seed=0, n=7, p=2, m=6, P_scale=1.0):
@@ -19,7 +43,7 @@ def blocks(seed=0, n=7, p=2, m=6, P_scale=1.0):
 
 
 @pytest.mark.parametrize("P_scale", [1.0, 0.0])  # 0: an LP, P singular -> the dense robust fallback
-def test_solves_match_dense(P_scale):
+def test_solves_match_dense(P_scale, path):
     data, rng = blocks(P_scale=P_scale)
     J = qp_kkt_dense(data)
     b = jnp.asarray(rng.normal(size=J.shape[0]))
@@ -28,10 +52,11 @@ def test_solves_match_dense(P_scale):
     np.testing.assert_allclose(QP_KKT.transpose_solve(data, b), DENSE.solve(J.T, b), rtol=1e-9, atol=1e-11)
     if P_scale:  # nonsingular: an exact solution (the LP's system is singular: min-norm least squares)
         np.testing.assert_allclose(J @ QP_KKT.solve(data, b), b, rtol=1e-9, atol=1e-10)
+    _used(path)
 
 
 @pytest.mark.parametrize("P_scale", [1.0, 0.0])
-def test_batched_right_hand_sides_and_active_sets(P_scale):
+def test_batched_right_hand_sides_and_active_sets(P_scale, path):
     (Ps, A, Gf, d), rng = blocks(seed=1, P_scale=P_scale)
     N = Ps.shape[0] + A.shape[0] + Gf.shape[0]
     B = jnp.asarray(rng.normal(size=(5, N)))
@@ -44,9 +69,16 @@ def test_batched_right_hand_sides_and_active_sets(P_scale):
         out = jax.jit(jax.vmap(lambda dd, b: solve((Ps, A, Gf, dd), b)))(D, B)
         ref = jnp.stack([DENSE.solve(qp_kkt_dense((Ps, A, Gf, D[i])).T if tr else qp_kkt_dense((Ps, A, Gf, D[i])), B[i]) for i in range(5)])
         np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-11)
+        # Instances x right-hand sides (jacrev of a vmap-ed layer), and a batched P as well.
+        Js = jnp.stack([qp_kkt_dense((Ps * (1.0 + i), A, Gf, D[i])) for i in range(5)])
+        Js = jnp.swapaxes(Js, 1, 2) if tr else Js
+        ref = np.stack([np.linalg.lstsq(J, np.asarray(B).T, rcond=1e-10)[0].T for J in np.asarray(Js)])
+        out = jax.vmap(lambda P, dd: jax.vmap(lambda b: solve((P, A, Gf, dd), b))(B))(Ps * (1.0 + jnp.arange(5.0))[:, None, None], D)
+        np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-10)
+    _used(path)
 
 
-def test_dependent_active_constraints_fall_back_to_minimum_norm():
+def test_dependent_active_constraints_fall_back_to_minimum_norm(path):
     """Two identical active rows: the Schur complement is singular; the dense min-norm answer is returned."""
     (Ps, A, Gf, d), rng = blocks(seed=2)
     Gf = Gf.at[2].set(Gf[0])
@@ -54,9 +86,10 @@ def test_dependent_active_constraints_fall_back_to_minimum_norm():
     J = qp_kkt_dense(data)
     b = jnp.asarray(rng.normal(size=J.shape[0]))
     np.testing.assert_allclose(QP_KKT.solve(data, b), DENSE.solve(J, b), rtol=1e-8, atol=1e-10)
+    _used(path)
 
 
-def test_transposed_matvec_and_single_precision_refinement():
+def test_transposed_matvec_and_single_precision_refinement(path):
     from kktbridge.core._structured import _qp_matvec
 
     data, rng = blocks(seed=3, n=30, p=5, m=20)
@@ -70,8 +103,11 @@ def test_transposed_matvec_and_single_precision_refinement():
     # accuracy times the (moderate, ~1e3) condition number, as for the dense LU.
     ref = np.linalg.solve(np.asarray(J).T, np.asarray(b))
     data32 = tuple(a.astype(jnp.float32) for a in data)
-    out = np.asarray(QP_KKT.transpose_solve(data32, b.astype(jnp.float32)), dtype=np.float64)
-    assert np.max(np.abs(out - ref)) <= 1e-4 * np.max(np.abs(ref))
+    out = QP_KKT.transpose_solve(data32, b.astype(jnp.float32))
+    assert out.dtype == jnp.float32
+    # (The host kernel computes in float64 and rounds once: well inside the bound.)
+    assert np.max(np.abs(np.asarray(out, np.float64) - ref)) <= 1e-4 * np.max(np.abs(ref))
+    _used(path)
 
 
 def _operand_shapes(jaxpr, primitive: str) -> list:
@@ -123,3 +159,101 @@ def test_batch_sharing_p_a_g_factorises_p_once():
         gi = jax.grad(lambda q, b, h: jnp.sum(kb.solve_qp(P, q, A, b, G, h).x ** 2), argnums=(0, 1, 2))(q[i], b[i], h[i])
         for g, g1 in zip(grads, gi):
             np.testing.assert_allclose(g[i], g1, rtol=1e-10, atol=1e-12)
+
+
+def test_host_kernel_without_constraints_and_with_an_absent_active_row():
+    """Edge cases of the host kernel: no constraint rows at all (k = 0), and an "active" row with
+    no finite bound (c = e = 0: a zero row and column, so singular -- refused, never a guess)."""
+    rng = np.random.default_rng(5)
+    n = 6
+    M = rng.normal(size=(n, n))
+    Ps = M @ M.T + np.eye(n)
+    bx = rng.normal(size=n)
+    x, y, ok = structured._host_saddle(Ps, np.zeros((0, n)), np.zeros(0), np.zeros(0), bx, np.zeros(0))
+    assert ok and y.shape == (0,)
+    np.testing.assert_allclose(Ps @ x, bx, rtol=1e-12, atol=1e-12)
+    C0 = rng.normal(size=(3, n))
+    x, y, ok = structured._host_saddle(Ps, C0, np.array([1.0, 0.0, 1.0]), np.array([0.0, 0.0, 0.0]), bx, rng.normal(size=3))
+    assert not ok and np.all(np.isnan(x)) and np.all(np.isnan(y))
+
+
+def test_host_factor_cache_reuses_chol_p_by_value_and_is_cleared(monkeypatch):
+    """A layer called again with the same P, A, G (new q, h, b) reuses chol(P) and L⁻¹Cᵀ; any change
+    of P refactors (keyed by contents, not identity); kb.clear_caches() forgets them."""
+    import kktbridge as kb
+
+    monkeypatch.setattr(structured, "HOST_MIN_SIZE", 0)
+    structured.clear_factor_cache()
+    factored = []
+    factor = structured._FactorCache._factor
+    monkeypatch.setattr(structured._FactorCache, "_factor", staticmethod(lambda P, C: factored.append(1) or factor(P, C)))
+    (Ps, A, Gf, d), rng = blocks(seed=4)
+    b = jnp.asarray(rng.normal(size=Ps.shape[0] + A.shape[0] + Gf.shape[0]))
+    solve = jax.jit(lambda P, b: QP_KKT.solve((P, A, Gf, d), b))
+    x1 = solve(Ps, b)
+    x2 = solve(Ps, 2 * b)
+    assert len(factored) == 1
+    np.testing.assert_allclose(x2, 2 * x1, rtol=1e-12, atol=1e-12)
+    P2 = Ps.at[0, 0].add(1.0)
+    np.testing.assert_allclose(solve(P2, b), DENSE.solve(qp_kkt_dense((P2, A, Gf, d)), b), rtol=1e-9, atol=1e-11)
+    assert len(factored) == 2
+    kb.clear_caches()
+    solve(Ps, b)
+    assert len(factored) == 3
+
+
+def test_host_kernel_restores_the_callers_blas_threads(monkeypatch):
+    """The kernel runs BLAS single-threaded and gives the caller's setting back, also when calls nest."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    monkeypatch.setattr(structured, "HOST_MIN_SIZE", 0)
+    (Ps, A, Gf, d), rng = blocks(seed=6)
+    b = jnp.asarray(rng.normal(size=Ps.shape[0] + A.shape[0] + Gf.shape[0]))
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        inside = []
+        with structured._ONE_BLAS_THREAD:
+            with structured._ONE_BLAS_THREAD:
+                inside += [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+            QP_KKT.solve((Ps, A, Gf, d), b).block_until_ready()
+            inside += [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    assert inside and set(inside) == {1}
+    assert after == before
+
+
+def test_qp_gradients_and_hessian_through_the_host_path_match_xla(monkeypatch):
+    """End to end through kb.solve_qp: a vmap-ed layer's gradient and one instance's Hessian (the
+    host solve sits inside custom_linear_solve, so second derivatives still work) agree with
+    the XLA path, and the gradient with central differences."""
+    import kktbridge as kb
+
+    n, p, m, B = 12, 2, 8, 3
+    rng = np.random.default_rng(7)
+    F = rng.normal(size=(n, n))
+    P, A, G = F @ F.T / n + np.eye(n), rng.normal(size=(p, n)), rng.normal(size=(m, n))
+    x0 = rng.normal(size=(B, n))
+    h = x0 @ G.T + np.where(rng.random((B, m)) < 0.5, 0.0, 0.5)
+    b = x0 @ A.T
+    q = rng.normal(size=(B, n))
+    w = rng.normal(size=(B, n))
+
+    def loss(q, h, b):
+        return jnp.sum(w * jax.vmap(lambda q, h, b: kb.solve_qp(P, q, A, b, G, h).x)(q, h, b))
+
+    def one(q):  # smooth in q near q[0]: x* is piecewise affine, so its Hessian is zero
+        return jnp.sum(kb.solve_qp(P, q, A, b[0], G, h[0]).x ** 2)
+
+    out = {}
+    for name, size in (("xla", 10**9), ("host", 0)):
+        monkeypatch.setattr(structured, "HOST_MIN_SIZE", size)
+        kb.clear_caches()
+        out[name] = (jax.grad(loss, argnums=(0, 1, 2))(q, h, b), jax.hessian(one)(q[0]))
+    for gx, gh in zip(out["xla"][0], out["host"][0]):
+        np.testing.assert_allclose(gh, gx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out["host"][1], out["xla"][1], rtol=1e-9, atol=1e-11)
+    direction = rng.normal(size=q.shape)
+    step = 1e-4  # x* is affine in q while the active set is fixed: no truncation error
+    fd = (loss(q + step * direction, h, b) - loss(q - step * direction, h, b)) / (2 * step)
+    np.testing.assert_allclose(jnp.vdot(out["host"][0][0], direction), fd, rtol=1e-7)
+    kb.clear_caches()
