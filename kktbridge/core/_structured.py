@@ -146,11 +146,15 @@ def _use_host(n: int, p: int, m: int) -> bool:
 
 
 @functools.cache
-def _lapack() -> tuple[Callable, Callable, Callable]:
-    """SciPy's double-precision ``potrf``, ``potrs``, ``trtrs`` (called directly: no input checks)."""
-    from scipy.linalg import get_lapack_funcs
+def _lapack() -> tuple[Callable, Callable, Callable, Callable]:
+    """SciPy's double-precision ``potrf``, ``potrs``, ``trtrs`` and ``gemm``, called directly (no
+    input checks). Products go through SciPy's BLAS too, not NumPy's ``@``: NumPy's wheel bundles a
+    second OpenBLAS, and some thin products through it took 2-8 ms instead of 0.1 (measured)."""
+    from scipy.linalg import get_blas_funcs, get_lapack_funcs
 
-    return tuple(get_lapack_funcs(("potrf", "potrs", "trtrs"), dtype=np.float64))
+    potrf, potrs, trtrs = get_lapack_funcs(("potrf", "potrs", "trtrs"), dtype=np.float64)
+    (gemm,) = get_blas_funcs(("gemm",), dtype=np.float64)
+    return potrf, potrs, trtrs, gemm
 
 
 def _host_chol(S: np.ndarray):
@@ -198,8 +202,9 @@ class _FactorCache:
         L, good = _host_chol(Ps)
         if not good:
             return L, None, None, False
-        W = _lapack()[2](L, C0.T, lower=1)[0]  # L⁻¹ C0ᵀ, (n, k)
-        return L, W, W.T @ W, True
+        _, _, trtrs, gemm = _lapack()
+        W = trtrs(L, C0.T, lower=1)[0]  # L⁻¹ C0ᵀ, (n, k)
+        return L, W, gemm(1.0, W, W, trans_a=1), True
 
 
 _FACTORS = _FactorCache()
@@ -208,42 +213,6 @@ _FACTORS = _FactorCache()
 def clear_factor_cache() -> None:
     """Forget the host QP backward's cached factorisations (:class:`_FactorCache`)."""
     _FACTORS.clear()
-class _OneBlasThread:
-    """Context: BLAS/LAPACK single-threaded while any host kernel runs (reference-counted, so
-    concurrent callbacks neither fight over nor lose the caller's setting, which the last one out
-    restores). Why: NumPy's and SciPy's wheels each bundle an OpenBLAS with its own thread pool, and
-    this kernel alternates between them (``@`` and LAPACK); each pool's idle threads spin and starve
-    the other's, which made the kernel 3-4x *slower* with two threads than with one on a 2-core
-    CPU (n = 500: 13-16 vs 3-4 ms, measured)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._limiter = None
-        self._controller = None
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._depth == 0:
-                if self._controller is None:
-                    import scipy.linalg.lapack  # noqa: F401  (loaded first, so that its BLAS is seen)
-                    from threadpoolctl import ThreadpoolController
-
-                    self._controller = ThreadpoolController().select(user_api="blas")
-                self._limiter = self._controller.limit(limits=1)
-            self._depth += 1
-
-    def __exit__(self, *exc) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0 and self._limiter is not None:
-                self._limiter.restore_original_limits()
-                self._limiter = None
-
-
-_ONE_BLAS_THREAD = _OneBlasThread()
-
-
 def _host_saddle(Ps, C0, c, e, bx, by):
     """NumPy kernel of :func:`_saddle`: every operand carries the same number of leading batch axes
     (``vmap_method="expand_dims"``), each of size 1 where that operand is not batched.
@@ -254,12 +223,7 @@ def _host_saddle(Ps, C0, c, e, bx, by):
     the rows with ``c ≠ 0`` only -- rows with ``c = 0`` decouple, ``y_i = -by_i / e_i`` -- which
     solves every right-hand side that shares the mask (all tangents of a ``jacfwd``).
     """
-    with _ONE_BLAS_THREAD:
-        return _host_saddle_kernel(Ps, C0, c, e, bx, by)
-
-
-def _host_saddle_kernel(Ps, C0, c, e, bx, by):
-    _, potrs, trtrs = _lapack()
+    _, potrs, trtrs, gemm = _lapack()
 
     out_dtype = bx.dtype
     Ps, C0, c, e, bx, by = (np.asarray(t, dtype=np.float64) for t in (Ps, C0, c, e, bx, by))
@@ -285,7 +249,7 @@ def _host_saddle_kernel(Ps, C0, c, e, bx, by):
         if not good:
             continue
         cr, er, byr = c_f[c_id[rows]], e_f[e_id[rows]], BY[rows]
-        T = (W.T @ trtrs(L, BX[rows].T, lower=1)[0]).T  # C0 P⁻¹ bx, (r, k)
+        T = gemm(1.0, trtrs(L, BX[rows].T, lower=1)[0], W, trans_a=1)  # (C0 P⁻¹ bx)ᵀ per row, (r, k)
         with np.errstate(divide="ignore", invalid="ignore"):
             Yr = np.where(cr != 0, 0.0, -byr / er)  # the decoupled rows (NaN where e_i = 0 too)
         okr = ~np.any((cr == 0) & (er == 0), axis=1)
@@ -311,7 +275,7 @@ def _host_saddle_kernel(Ps, C0, c, e, bx, by):
             rhs = T[sel[:, None], a] * (1.0 if plain else cr[i0, a]) - byr[sel[:, None], a]
             Yr[sel[:, None], a] = potrs(LS, rhs.T, lower=1)[0].T
         Yr[~okr] = 0.0
-        X[rows] = potrs(L, (BX[rows] - (cr * Yr) @ C1).T, lower=1)[0].T
+        X[rows] = potrs(L, (BX[rows] - gemm(1.0, cr * Yr, C1)).T, lower=1)[0].T
         Y[rows] = Yr
         ok[rows] = okr
     X[~ok], Y[~ok] = np.nan, np.nan

@@ -14,13 +14,13 @@ def path(request, monkeypatch):
     """Run a test through the XLA Schur solve and through the host kernel (``HOST_MIN_SIZE`` moved
     so that these small systems take it); yields the number of host kernel calls so far."""
     calls = []
-    kernel = structured._host_saddle_kernel
+    kernel = structured._host_saddle
 
     def counted(*args):
         calls.append(args[0].shape)
         return kernel(*args)
 
-    monkeypatch.setattr(structured, "_host_saddle_kernel", counted)
+    monkeypatch.setattr(structured, "_host_saddle", counted)
     monkeypatch.setattr(structured, "HOST_MIN_SIZE", 0 if request.param == "host" else 10**9)
     structured.clear_factor_cache()
     return request.param, calls
@@ -200,26 +200,6 @@ def test_host_factor_cache_reuses_chol_p_by_value_and_is_cleared(monkeypatch):
     kb.clear_caches()
     solve(Ps, b)
     assert len(factored) == 3
-
-
-def test_host_kernel_restores_the_callers_blas_threads(monkeypatch):
-    """The kernel runs BLAS single-threaded and gives the caller's setting back, also when calls nest."""
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    monkeypatch.setattr(structured, "HOST_MIN_SIZE", 0)
-    (Ps, A, Gf, d), rng = blocks(seed=6)
-    b = jnp.asarray(rng.normal(size=Ps.shape[0] + A.shape[0] + Gf.shape[0]))
-    with threadpool_limits(limits=2, user_api="blas"):
-        before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-        inside = []
-        with structured._ONE_BLAS_THREAD:
-            with structured._ONE_BLAS_THREAD:
-                inside += [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-            QP_KKT.solve((Ps, A, Gf, d), b).block_until_ready()
-            inside += [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-        after = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-    assert inside and set(inside) == {1}
-    assert after == before
 
 
 def test_qp_gradients_and_hessian_through_the_host_path_match_xla(monkeypatch):
