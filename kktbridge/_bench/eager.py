@@ -76,6 +76,22 @@ def _div(a: Optional[float], b: Optional[float]) -> Optional[float]:
 # ----------------------------------------------------------------------------- part 1 problems
 
 
+def _trivial(*out_shapes):
+    """A jitted map of any arguments to zeros-plus-their-sum of ``out_shapes``: the same transform
+    applied eagerly to it (``jax_floor_ms``) is what JAX's own eager machinery costs for these
+    shapes -- tracing the transform, basis vectors, dispatch -- with no solver at all."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def fun(*args):
+        total = sum(jnp.sum(a) for a in args)
+        return tuple(jnp.full(s, total) for s in out_shapes)
+
+    return fun
+
+
+
 def _nlp_case():
     import jax
     import jax.numpy as jnp
@@ -91,7 +107,9 @@ def _nlp_case():
     p = jnp.array([2.0, 0.1, 5.0])
     eager = lambda: jax.jacrev(lambda p: solve(p))(p)  # noqa: E731  (fresh lambda per call, as in a notebook)
     jitted = jax.jit(jax.jacrev(solve))
-    return "NLP n=3, 3 eq+3 ineq+bounds: jacrev", eager, lambda: jitted(p)
+    triv = _trivial((3,))
+    floor = lambda: jax.jacrev(lambda p: triv(p)[0])(p)  # noqa: E731
+    return "NLP n=3, 3 eq+3 ineq+bounds: jacrev", eager, lambda: jitted(p), floor
 
 
 def _qp_case(n: int = 20, m_eq: int = 5, m_in: int = 20, seed: int = 0):
@@ -116,7 +134,9 @@ def _qp_case(n: int = 20, m_eq: int = 5, m_in: int = 20, seed: int = 0):
 
     eager = lambda: jax.jacrev(lambda q, b, h: solve(q, b, h), argnums=(0, 1, 2))(q, b, h)  # noqa: E731
     jitted = jax.jit(jax.jacrev(solve, argnums=(0, 1, 2)))
-    return f"QP n={n}, {m_eq} eq+{m_in} ineq: jacrev(q,b,h)", eager, lambda: jitted(q, b, h)
+    triv = _trivial((n,))
+    floor = lambda: jax.jacrev(lambda q, b, h: triv(q, b, h)[0], argnums=(0, 1, 2))(q, b, h)  # noqa: E731
+    return f"QP n={n}, {m_eq} eq+{m_in} ineq: jacrev(q,b,h)", eager, lambda: jitted(q, b, h), floor
 
 
 def conic_problem(seed: int = 0):
@@ -165,7 +185,9 @@ def _conic_case(data):
     eager = lambda: jax.jvp(lambda A, b, c: solve(A, b, c), (A, b, c), (dA, db, dc))  # noqa: E731
     jitted = jax.jit(lambda A, b, c, dA, db, dc: jax.jvp(solve, (A, b, c), (dA, db, dc)))
     name = "conic l+q+s+ep m=12 n=3: jvp(A,b,c)"
-    return name, eager, lambda: jitted(A, b, c, dA, db, dc)
+    triv = _trivial(c.shape, b.shape, b.shape)
+    floor = lambda: jax.jvp(lambda A, b, c: triv(A, b, c), (A, b, c), (dA, db, dc))  # noqa: E731
+    return name, eager, lambda: jitted(A, b, c, dA, db, dc), floor
 
 
 def _diffcp_peer(data):
@@ -400,7 +422,8 @@ def _time(fun: Callable[[], Any], repeats: int, warmup: int = 1, min_total_s: fl
             "cpu_ms": statistics.median(cpus) * 1e3, "n": len(walls)}
 
 
-def _measure_kb(ctx: Context, eager: Callable[[], Any], jitted: Callable[[], Any]) -> dict[str, Any]:
+def _measure_kb(ctx: Context, eager: Callable[[], Any], jitted: Callable[[], Any],
+                floor: Optional[Callable[[], Any]] = None) -> dict[str, Any]:
     import kktbridge as kb
 
     kb.clear_caches()
@@ -409,10 +432,16 @@ def _measure_kb(ctx: Context, eager: Callable[[], Any], jitted: Callable[[], Any
     first, first_cpu = (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
     te = _time(eager, ctx.repeats, warmup=0)
     tj = _time(jitted, ctx.repeats)
+    tf = _time(floor, ctx.repeats) if floor is not None else None
     return {"first_eager_ms": first, "first_eager_cpu_ms": first_cpu, "eager_ms": te["median_ms"],
             "eager_cpu_ms": te["cpu_ms"], "jit_ms": tj["median_ms"], "jit_cpu_ms": tj["cpu_ms"],
             "jit_compile_ms": max(tj["first_ms"] - tj["median_ms"], 0.0),
-            "eager/jit": _div(te["median_ms"], tj["median_ms"]), "_out": out, "_jit_out": block(jitted())}
+            "eager/jit": _div(te["median_ms"], tj["median_ms"]),
+            # JAX's own eager cost for the same transform and shapes (see _trivial), and how far
+            # above it kktbridge's eager call is, in units of the jitted call.
+            "jax_floor_ms": tf["median_ms"] if tf else None,
+            "(eager-floor)/jit": _div(te["median_ms"] - tf["median_ms"], tj["median_ms"]) if tf else None,
+            "_out": out, "_jit_out": block(jitted())}
 
 
 def _diffcp_compare(ctx: Context, res: SuiteResult, data, m: dict, repeats: int) -> dict[str, Any]:
@@ -483,10 +512,10 @@ def run(ctx: Context) -> SuiteResult:
             try:
                 if make is None:  # the conic case: its data also serves the diffcp comparison
                     conic_data = conic_problem()
-                    name, eager, jitted = _conic_case(conic_data)
+                    name, eager, jitted, floor = _conic_case(conic_data)
                 else:
-                    name, eager, jitted = make()
-                m = _measure_kb(ctx, eager, jitted)
+                    name, eager, jitted, floor = make()
+                m = _measure_kb(ctx, eager, jitted, floor)
             except Exception as e:
                 res.notes.append(f"{short}: kktbridge failed: {type(e).__name__}: {str(e)[:200]}")
                 continue
@@ -569,6 +598,10 @@ def run(ctx: Context) -> SuiteResult:
         f"multipliers mark every bound active and the sensitivity KKT matrix is singular (\"Evaluation failed\").")
     res.notes.append("Ratios in this suite are kktbridge time / other time (eager/jit, eager/peer, jit/peer): "
                      "<= 1 means kktbridge is faster; *_rel_diff compare kktbridge with the peer.")
+    res.notes.append("jax_floor_ms: the same eager transform (jacrev / jvp, fresh lambda) of a trivial jitted map "
+                     "with the case's argument and output shapes -- JAX's own eager cost, no solver. A warm "
+                     "eager/jit ratio cannot go below (jax_floor_ms + jit_ms) / jit_ms; (eager-floor)/jit is "
+                     "what kktbridge adds above that floor, in units of the jitted call.")
     res.notes.append("*_ms are wall-clock medians (the targets use them); *_cpu_ms are medians of process CPU "
                      "time (all threads), which move much less than wall time on a shared, loaded machine.")
     res.notes.append("Eager timings call jax.jacrev/jacobian/jvp on a fresh lambda each time (notebook style); "

@@ -213,6 +213,8 @@ _FACTORS = _FactorCache()
 def clear_factor_cache() -> None:
     """Forget the host QP backward's cached factorisations (:class:`_FactorCache`)."""
     _FACTORS.clear()
+
+
 def _host_saddle(Ps, C0, c, e, bx, by):
     """NumPy kernel of :func:`_saddle`: every operand carries the same number of leading batch axes
     (``vmap_method="expand_dims"``), each of size 1 where that operand is not batched.
