@@ -77,9 +77,10 @@ def _div(a: Optional[float], b: Optional[float]) -> Optional[float]:
 
 
 def _trivial(*out_shapes):
-    """A jitted map of any arguments to zeros-plus-their-sum of ``out_shapes``: the same transform
-    applied eagerly to it (``jax_floor_ms``) is what JAX's own eager machinery costs for these
-    shapes -- tracing the transform, basis vectors, dispatch -- with no solver at all."""
+    """A jitted map of any arguments to arrays of ``out_shapes`` filled with the sum of all their
+    entries: the same transform applied eagerly to it (``jax_floor_ms``) is what JAX's own eager
+    machinery costs for these shapes -- tracing the transform, basis vectors, dispatch -- with no
+    solver at all."""
     import jax
     import jax.numpy as jnp
 
@@ -89,7 +90,6 @@ def _trivial(*out_shapes):
         return tuple(jnp.full(s, total) for s in out_shapes)
 
     return fun
-
 
 
 def _nlp_case():

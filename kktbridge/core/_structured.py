@@ -193,8 +193,10 @@ class _FactorCache:
         n, k = C0.shape[1], C0.shape[0]
         if value[-1] and 8 * (2 * n * n + 2 * n * k + k * k) <= self.MAX_BYTES:
             with self._lock:
-                self._entries.insert(0, (Ps.copy(), C0.copy(), value))
-                del self._entries[self.SIZE :]
+                # Another thread may have factored the same matrices meanwhile: keep one copy.
+                if not any(np.array_equal(P1, Ps) and np.array_equal(C1, C0) for P1, C1, _ in self._entries):
+                    self._entries.insert(0, (Ps.copy(), C0.copy(), value))
+                    del self._entries[self.SIZE :]
         return value
 
     @staticmethod
@@ -219,11 +221,13 @@ def _host_saddle(Ps, C0, c, e, bx, by):
     """NumPy kernel of :func:`_saddle`: every operand carries the same number of leading batch axes
     (``vmap_method="expand_dims"``), each of size 1 where that operand is not batched.
 
-    Per distinct ``(P_s, C0)`` (usually one: a layer's batch shares them): ``L = chol(P_s)``,
-    ``W = L⁻¹C0ᵀ`` and ``WᵀW`` (:class:`_FactorCache`), and ``C0 P_s⁻¹ bx`` for all right-hand sides
-    in one product. Per distinct mask ``(c, e)``: the Cholesky factor of the Schur complement on
-    the rows with ``c ≠ 0`` only -- rows with ``c = 0`` decouple, ``y_i = -by_i / e_i`` -- which
-    solves every right-hand side that shares the mask (all tangents of a ``jacfwd``).
+    Per batch slot of ``(P_s, C0)`` (usually one: a layer's batch shares them): ``L = chol(P_s)``,
+    ``W = L⁻¹C0ᵀ`` and ``WᵀW`` (from :class:`_FactorCache` when the values were seen before), and
+    ``C0 P_s⁻¹ bx`` for all right-hand sides in one product. Per batch slot of the masks
+    ``(c, e)``: the Cholesky factor of the Schur complement on the rows with ``c = 1`` only -- rows
+    with ``c = 0`` decouple, ``y_i = -by_i`` -- which solves every right-hand side that shares the
+    slot (all tangents of a ``jacfwd``). Masks must be the QP's (``c, e ∈ {0, 1}``, ``e = 0`` where
+    ``c = 1``); others get ``ok = False``.
     """
     _, potrs, trtrs, gemm = _lapack()
 
@@ -252,11 +256,12 @@ def _host_saddle(Ps, C0, c, e, bx, by):
             continue
         cr, er, byr = c_f[c_id[rows]], e_f[e_id[rows]], BY[rows]
         T = gemm(1.0, trtrs(L, BX[rows].T, lower=1)[0], W, trans_a=1)  # (C0 P⁻¹ bx)ᵀ per row, (r, k)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            Yr = np.where(cr != 0, 0.0, -byr / er)  # the decoupled rows (NaN where e_i = 0 too)
-        okr = ~np.any((cr == 0) & (er == 0), axis=1)
-        # General masks scale the Schur complement; the QP's are 0/1 with e = 0 on active rows.
-        plain = bool(np.all((cr == 0) | (cr == 1)) and not np.any((cr != 0) & (er != 0)))
+        # The QP's masks: c, e in {0, 1}, e = 0 where c = 1. Rows with c = 0 then decouple exactly
+        # (y_i = -by_i where e_i = 1; e_i = 0 too is a zero row: singular). Anything else is left
+        # to the caller's dense robust solve (ok = False), as a failed factor is.
+        plain = ((cr == 0) & ((er == 0) | (er == 1))) | ((cr == 1) & (er == 0))
+        okr = np.all(plain, axis=1) & ~np.any((cr == 0) & (er == 0), axis=1)
+        Yr = np.where(cr != 0, 0.0, -byr)
         masks = c_id[rows] * e_f.shape[0] + e_id[rows]
         order = np.argsort(masks, kind="stable")
         starts = np.flatnonzero(np.diff(masks[order], prepend=-1))
@@ -265,16 +270,11 @@ def _host_saddle(Ps, C0, c, e, bx, by):
             a = np.flatnonzero(cr[i0])
             if not (okr[i0] and a.size):
                 continue
-            S = gram[a[:, None], a]
-            if not plain:
-                ca, ea = cr[i0, a], er[i0, a]
-                S = S * np.outer(ca, ca)
-                S[np.diag_indices_from(S)] += ea
-            LS, good = _host_chol(S)
+            LS, good = _host_chol(gram[a[:, None], a])
             if not good:
                 okr[sel] = False
                 continue
-            rhs = T[sel[:, None], a] * (1.0 if plain else cr[i0, a]) - byr[sel[:, None], a]
+            rhs = T[sel[:, None], a] - byr[sel[:, None], a]
             Yr[sel[:, None], a] = potrs(LS, rhs.T, lower=1)[0].T
         Yr[~okr] = 0.0
         X[rows] = potrs(L, (BX[rows] - gemm(1.0, cr * Yr, C1)).T, lower=1)[0].T

@@ -175,11 +175,21 @@ def test_host_kernel_without_constraints_and_with_an_absent_active_row():
     C0 = rng.normal(size=(3, n))
     x, y, ok = structured._host_saddle(Ps, C0, np.array([1.0, 0.0, 1.0]), np.array([0.0, 0.0, 0.0]), bx, rng.normal(size=3))
     assert not ok and np.all(np.isnan(x)) and np.all(np.isnan(y))
+    # Masks other than the QP's (c, e in {0, 1}, e = 0 where c = 1) are refused, never guessed.
+    for c, e in (([0.5, 0.0, 1.0], [0.0, 1.0, 0.0]), ([1.0, 0.0, 1.0], [0.3, 1.0, 0.0]), ([1.0, 0.0, 1.0], [0.0, 2.0, 0.0])):
+        assert not structured._host_saddle(Ps, C0, np.array(c), np.array(e), bx, rng.normal(size=3))[2]
+    # A QP mask: row 1 inactive (y_1 = -by_1), rows 0 and 2 active; against the dense saddle matrix.
+    by = rng.normal(size=3)
+    x, y, ok = structured._host_saddle(Ps, C0, np.array([1.0, 0.0, 1.0]), np.array([0.0, 1.0, 0.0]), bx, by)
+    C = np.diag([1.0, 0.0, 1.0]) @ C0
+    K = np.block([[Ps, C.T], [C, -np.diag([0.0, 1.0, 0.0])]])
+    assert ok
+    np.testing.assert_allclose(np.concatenate([x, y]), np.linalg.solve(K, np.concatenate([bx, by])), rtol=1e-10, atol=1e-12)
 
 
 def test_host_factor_cache_reuses_chol_p_by_value_and_is_cleared(monkeypatch):
     """A layer called again with the same P, A, G (new q, h, b) reuses chol(P) and L⁻¹Cᵀ; any change
-    of P refactors (keyed by contents, not identity); kb.clear_caches() forgets them."""
+    of P or G refactors (keyed by contents, not identity); kb.clear_caches() forgets them."""
     import kktbridge as kb
 
     monkeypatch.setattr(structured, "HOST_MIN_SIZE", 0)
@@ -197,9 +207,13 @@ def test_host_factor_cache_reuses_chol_p_by_value_and_is_cleared(monkeypatch):
     P2 = Ps.at[0, 0].add(1.0)
     np.testing.assert_allclose(solve(P2, b), DENSE.solve(qp_kkt_dense((P2, A, Gf, d)), b), rtol=1e-9, atol=1e-11)
     assert len(factored) == 2
+    G2 = Gf.at[1, 0].add(1.0)  # same P, another G: part of the key too
+    x3 = jax.jit(lambda P, G, b: QP_KKT.solve((P, A, G, d), b))(Ps, G2, b)
+    np.testing.assert_allclose(x3, DENSE.solve(qp_kkt_dense((Ps, A, G2, d)), b), rtol=1e-9, atol=1e-11)
+    assert len(factored) == 3
     kb.clear_caches()
     solve(Ps, b)
-    assert len(factored) == 3
+    assert len(factored) == 4
 
 
 def test_qp_gradients_and_hessian_through_the_host_path_match_xla(monkeypatch):
@@ -224,11 +238,17 @@ def test_qp_gradients_and_hessian_through_the_host_path_match_xla(monkeypatch):
     def one(q):  # smooth in q near q[0]: x* is piecewise affine, so its Hessian is zero
         return jnp.sum(kb.solve_qp(P, q, A, b[0], G, h[0]).x ** 2)
 
-    out = {}
-    for name, size in (("xla", 10**9), ("host", 0)):
-        monkeypatch.setattr(structured, "HOST_MIN_SIZE", size)
-        kb.clear_caches()
-        out[name] = (jax.grad(loss, argnums=(0, 1, 2))(q, h, b), jax.hessian(one)(q[0]))
+    out, calls = {}, []
+    kernel = structured._host_saddle
+    monkeypatch.setattr(structured, "_host_saddle", lambda *a: calls.append(1) or kernel(*a))
+    try:
+        for name, size in (("xla", 10**9), ("host", 0)):
+            monkeypatch.setattr(structured, "HOST_MIN_SIZE", size)
+            kb.clear_caches()
+            out[name] = (jax.grad(loss, argnums=(0, 1, 2))(q, h, b), jax.hessian(one)(q[0]))
+            assert bool(calls) == (name == "host"), name
+    finally:
+        kb.clear_caches()  # no stage traced with HOST_MIN_SIZE = 0 may serve later tests
     for gx, gh in zip(out["xla"][0], out["host"][0]):
         np.testing.assert_allclose(gh, gx, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(out["host"][1], out["xla"][1], rtol=1e-9, atol=1e-11)
@@ -236,4 +256,3 @@ def test_qp_gradients_and_hessian_through_the_host_path_match_xla(monkeypatch):
     step = 1e-4  # x* is affine in q while the active set is fixed: no truncation error
     fd = (loss(q + step * direction, h, b) - loss(q - step * direction, h, b)) / (2 * step)
     np.testing.assert_allclose(jnp.vdot(out["host"][0][0], direction), fd, rtol=1e-7)
-    kb.clear_caches()
