@@ -15,6 +15,22 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from tests import _peers  # noqa: E402
+from tests._host_kkt import count_host_kkt_calls  # noqa: E402
+
+
+@pytest.fixture
+def host_kkt_solve(monkeypatch):
+    """Every QP KKT solve on the host kernel (normally from 300 unknowns on a CPU) for this test;
+    yields the list of its calls. Bridge caches are cleared before and after, so no stage traced
+    under this setting serves another test."""
+    import kktbridge as kb
+    from kktbridge.core import _structured
+
+    calls = count_host_kkt_calls(monkeypatch)
+    monkeypatch.setattr(_structured, "HOST_MIN_SIZE", 0)
+    kb.clear_caches()
+    yield calls
+    kb.clear_caches()
 
 
 @pytest.fixture

@@ -103,8 +103,8 @@ class NLPOracles:
         rejected and never need a derivative (the pendulum OCP: 203 value-only calls next to 103
         first-order ones in 76 iterations), and for ``∇f`` and ``J`` at the point it accepts. Both
         pairs in one call halve the dispatches (tens of microseconds each, which small problems
-        feel: they are most of the gap to CasADi's IPOPT there). ``c_jac(x, p) -> (c, J values)`` also stays on its own
-        (the sparse KKT check takes the row norms of ``J`` from it).
+        feel: they are most of the gap to CasADi's IPOPT there). ``c_jac(x, p) -> (c, J values)``
+        also stays on its own (the sparse KKT check takes the row norms of ``J`` from it).
         """
         self.c_jac = stage_jit(c_jac)
         self.values = stage_jit(lambda x, p: (f(x, p), c(x, p)))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -141,8 +141,9 @@ def _saddle_solve(L, LS, C0, c, bx, by):
 HOST_MIN_SIZE = 300
 
 
-def _use_host(n: int, p: int, m: int) -> bool:
-    return n + p + m >= HOST_MIN_SIZE and jax.default_backend() == "cpu"
+def _use_host(size: int) -> bool:
+    """Whether a KKT system of ``size = n + p + m`` unknowns is solved on the host."""
+    return size >= HOST_MIN_SIZE and jax.default_backend() == "cpu"
 
 
 @functools.cache
@@ -183,18 +184,26 @@ class _FactorCache:
         with self._lock:
             self._entries.clear()
 
+    def _find(self, Ps: np.ndarray, C0: np.ndarray) -> Optional[int]:
+        """Index of the entry for exactly these matrices (caller holds the lock)."""
+        for i, (P1, C1, _) in enumerate(self._entries):
+            # array_equal is False on a shape mismatch and on NaN: such keys never match.
+            if np.array_equal(P1, Ps) and np.array_equal(C1, C0):
+                return i
+        return None
+
     def get(self, Ps: np.ndarray, C0: np.ndarray) -> tuple:
         with self._lock:
-            for i, (P1, C1, value) in enumerate(self._entries):
-                if P1.shape == Ps.shape and C1.shape == C0.shape and np.array_equal(P1, Ps) and np.array_equal(C1, C0):
-                    self._entries.insert(0, self._entries.pop(i))
-                    return value
+            i = self._find(Ps, C0)
+            if i is not None:
+                self._entries.insert(0, self._entries.pop(i))
+                return self._entries[0][2]
         value = self._factor(Ps, C0)
         n, k = C0.shape[1], C0.shape[0]
         if value[-1] and 8 * (2 * n * n + 2 * n * k + k * k) <= self.MAX_BYTES:
             with self._lock:
                 # Another thread may have factored the same matrices meanwhile: keep one copy.
-                if not any(np.array_equal(P1, Ps) and np.array_equal(C1, C0) for P1, C1, _ in self._entries):
+                if self._find(Ps, C0) is None:
                     self._entries.insert(0, (Ps.copy(), C0.copy(), value))
                     del self._entries[self.SIZE :]
         return value
@@ -289,7 +298,7 @@ def _saddle(Ps, C0, c, e, bx, by):
     in XLA (:func:`_saddle_factor`, :func:`_saddle_solve`), or on the host for large systems on a
     CPU backend (:data:`HOST_MIN_SIZE`)."""
     n, k = Ps.shape[0], C0.shape[0]
-    if not _use_host(n, 0, k):
+    if not _use_host(n + k):
         L, LS, ok = _saddle_factor(Ps, C0, c, e)
         x, y = _saddle_solve(L, LS, C0, c, bx, by)
         return x, y, ok
@@ -340,8 +349,7 @@ def _qp_refined(data, b, transpose: bool):
     """:func:`_qp_structured`, plus one step of iterative refinement in single precision (where the
     Schur complement loses digits; as the dense solver's LU does)."""
     z, ok = _qp_structured(data, b, transpose)
-    Ps, A, G, _, _, p, m = _qp_blocks(data)
-    if jnp.finfo(b.dtype).bits < 64 and not _use_host(Ps.shape[0], p, m):  # the host computes in float64
+    if jnp.finfo(b.dtype).bits < 64 and not _use_host(b.shape[-1]):  # the host computes in float64
         dz, ok2 = _qp_structured(data, b - _qp_matvec(data, z, transpose), transpose)
         z, ok = z + dz, ok & ok2
     return z, ok

@@ -173,6 +173,23 @@ def test_eager_derivatives_compile_once(bridge):
     del call
 
 
+def test_host_qp_kkt_solve_eager_compiles_once_and_keeps_memory_flat(host_kkt_solve):
+    """The QP backward's host kernel (kktbridge.core._structured, from 300 unknowns on a CPU; forced
+    here): eager gradients and Jacobians with new values compile nothing and keep RSS flat (its
+    factor cache is bounded)."""
+    grad = lambda s: jax.grad(lambda t: jnp.sum(jnp.sin(call_theta("qp", t))))(s)  # noqa: E731
+    jac = lambda s: jax.jacfwd(lambda t: call_theta("qp", t))(s)  # noqa: E731
+    for s in (0.1, 0.2):
+        jax.block_until_ready((grad(s), jac(s)))
+    before = rss_mib()
+    with count_compiles() as c:
+        for i in range(60):
+            jax.block_until_ready((grad(0.1 + 0.001 * i), jac(0.1 + 0.001 * i)))
+    assert c["n"] == 0, f"{c['n']} compilations in 120 eager derivatives"
+    assert rss_mib() - before < 20.0
+    assert host_kkt_solve
+
+
 def call_theta(bridge, s):
     """The bridge's solution as a function of one scalar parameter entering its data."""
     if bridge == "qp":

@@ -53,6 +53,21 @@ FAILING = [
 
 @pytest.mark.parametrize("name,solve,theta,out", FAILING, ids=[f[0] for f in FAILING])
 def test_failed_instance_values_and_every_derivative_are_nan(name, solve, theta, out):
+    _assert_values_and_derivatives_nan(name, solve, theta, out)
+
+
+def test_failed_qp_is_nan_through_the_host_kkt_solve(host_kkt_solve):
+    """The same with the QP's KKT solve forced onto the host kernel (kktbridge.core._structured,
+    used from 300 unknowns on a CPU): its refusal must end in NaN derivatives too."""
+    _assert_values_and_derivatives_nan("qp (host)", failing_qp, Q3, lambda s: s.x)
+    # ... and a solved instance does go through it, with the closed-form derivative:
+    # min ½|x|² + qᵀx s.t. x0 <= -1, strictly active for q0 < 1 (λ = 1 - q0): x = (-1, -q1, -q2).
+    g = jax.jacfwd(lambda q: kb.solve_qp(P3, q, G=G_INF[:1], h=H_INF[:1]).x)(jnp.array([0.0, -2.0, 0.5]))
+    np.testing.assert_allclose(g, np.diag([0.0, -1.0, -1.0]), atol=1e-9)
+    assert host_kkt_solve
+
+
+def _assert_values_and_derivatives_nan(name, solve, theta, out):
     sol = solve(theta)
     assert int(sol.status) != int(kb.Status.SOLVED)
     assert np.all(np.isnan(out(sol)))

@@ -7,20 +7,14 @@ import pytest
 
 import kktbridge.core._structured as structured
 from kktbridge.core._structured import DENSE, QP_KKT, qp_kkt_dense
+from tests._host_kkt import count_host_kkt_calls
 
 
 @pytest.fixture(params=["xla", "host"])
 def path(request, monkeypatch):
     """Run a test through the XLA Schur solve and through the host kernel (``HOST_MIN_SIZE`` moved
     so that these small systems take it); yields the number of host kernel calls so far."""
-    calls = []
-    kernel = structured._host_saddle
-
-    def counted(*args):
-        calls.append(args[0].shape)
-        return kernel(*args)
-
-    monkeypatch.setattr(structured, "_host_saddle", counted)
+    calls = count_host_kkt_calls(monkeypatch)
     monkeypatch.setattr(structured, "HOST_MIN_SIZE", 0 if request.param == "host" else 10**9)
     structured.clear_factor_cache()
     return request.param, calls
@@ -238,9 +232,7 @@ def test_qp_gradients_and_hessian_through_the_host_path_match_xla(monkeypatch):
     def one(q):  # smooth in q near q[0]: x* is piecewise affine, so its Hessian is zero
         return jnp.sum(kb.solve_qp(P, q, A, b[0], G, h[0]).x ** 2)
 
-    out, calls = {}, []
-    kernel = structured._host_saddle
-    monkeypatch.setattr(structured, "_host_saddle", lambda *a: calls.append(1) or kernel(*a))
+    out, calls = {}, count_host_kkt_calls(monkeypatch)
     try:
         for name, size in (("xla", 10**9), ("host", 0)):
             monkeypatch.setattr(structured, "HOST_MIN_SIZE", size)
