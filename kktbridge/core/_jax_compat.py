@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from typing import Any, Callable, Optional
 
 
 def _patch_vjp_repr() -> bool:
@@ -65,3 +66,52 @@ def is_linearize_tracer(kind: type) -> bool:
     is private (``jax._src.interpreters.ad.LinearizeTracer`` in JAX 0.10), and a JAX without it
     simply never matches, which leaves every caller on its general path."""
     return kind.__name__ == "LinearizeTracer"
+
+
+def concrete_batch(leaves: list) -> "Optional[tuple[list, tuple[Optional[int], ...], Callable[[Any], Any]]]":
+    """Split the leaves of one eager ``vmap`` (``jacrev``'s over the pullback) into concrete values.
+
+    ``jax.jacrev`` calls ``vmap(pullback)(basis)``: a ``custom_vjp`` pullback then receives its
+    cotangents as batch tracers that wrap *concrete* arrays, and a compiled function called with
+    them goes through JAX's batching rule for ``jit`` -- rebatching and re-dispatching the
+    program from Python on every call (measured: 0.85 ms against 0.41 ms for one unbatched call of
+    a 3-variable NLP's pullback). When every tracer among ``leaves`` belongs to one ``vmap`` trace
+    directly above eager evaluation, this returns ``(values, batch_axes, wrap)``: the concrete
+    arrays (non-tracers as they are), each one's batch axis (``None`` for unbatched leaves), and
+    ``wrap(array)``, which turns an array whose axis 0 is the batch axis back into a tracer of that
+    trace. The caller can then run a ``vmap``-ed compiled function on the values in
+    :func:`eval_context` -- the result JAX's batching rule would give, by one C++ dispatch.
+
+    ``None`` (the caller keeps JAX's general path) for anything else: no tracers, other
+    transformations, nested or named-axis ``vmap`` s, or patches disabled.
+    """
+    if os.environ.get("KKTBRIDGE_NO_JAX_PATCHES"):
+        return None
+    try:
+        from jax._src import core
+        from jax._src.interpreters.batching import BatchTracer
+    except ImportError:  # private layout changed
+        return None
+    trace = None
+    values: list = []
+    axes: list = []
+    for leaf in leaves:
+        if not isinstance(leaf, core.Tracer):
+            values.append(leaf)
+            axes.append(None)
+            continue
+        if type(leaf) is not BatchTracer or isinstance(leaf.val, core.Tracer) or type(leaf.batch_dim) is not int:
+            return None
+        owner = leaf._trace
+        if trace is None:
+            trace = owner
+            data = getattr(owner, "axis_data", None)
+            if data is None or getattr(data, "spmd_name", None) is not None or not isinstance(owner.parent_trace, core.EvalTrace):
+                return None
+        elif owner is not trace:
+            return None
+        values.append(leaf.val)
+        axes.append(leaf.batch_dim)
+    if trace is None:
+        return None
+    return values, tuple(axes), lambda arr: BatchTracer(trace, arr, 0)

@@ -50,3 +50,55 @@ def test_eval_context_runs_concrete_calls_out_of_the_current_trace(monkeypatch):
     monkeypatch.setenv("KKTBRIDGE_NO_JAX_PATCHES", "1")
     with eval_context():  # the no-op context when patches are disabled
         assert jnp.allclose(f(const), jnp.array([0.0, 2.0, 6.0]))
+
+
+def test_concrete_batch_splits_one_eager_vmap_and_wraps_back():
+    """Inside one eager ``vmap`` the tracers' concrete values and batch axes come out; a batched
+    compiled call on them, wrapped back, gives what the batching rule gives."""
+    from kktbridge.core._jax_compat import concrete_batch, eval_context
+
+    f = jax.jit(lambda v, w: jnp.sin(v) * w)
+    w = jnp.arange(1.0, 4.0)
+    seen = {}
+
+    def g(v):
+        split = concrete_batch([v, w])
+        seen["split"] = split
+        values, axes, wrap = split
+        with eval_context():
+            out = jax.jit(jax.vmap(f, in_axes=axes))(*values)
+        return wrap(out)
+
+    vs = jnp.asarray(np.linspace(0.0, 1.0, 12).reshape(3, 4))  # batch on axis 1 (in_axes=1)
+    got = jax.vmap(g, in_axes=1)(vs)
+    np.testing.assert_allclose(got, jax.vmap(f, in_axes=(1, None))(vs, w), rtol=1e-15)
+    values, axes, _ = seen["split"]
+    assert axes == (1, None) and not isinstance(values[0], jax.core.Tracer)
+
+
+@pytest.mark.parametrize("where", ["plain", "jit", "nested_vmap", "grad", "two_vmaps"])
+def test_concrete_batch_declines_everything_else(where, monkeypatch):
+    from kktbridge.core._jax_compat import concrete_batch
+
+    seen = []
+
+    def probe(*xs):
+        seen.append(concrete_batch(list(xs)))
+        return sum(jnp.sum(x) for x in xs)
+
+    x = jnp.ones((2, 3))
+    if where == "plain":
+        probe(x)
+    elif where == "jit":
+        jax.jit(jax.vmap(probe))(x)
+    elif where == "nested_vmap":
+        jax.vmap(jax.vmap(probe))(x)
+    elif where == "grad":
+        jax.vmap(jax.grad(probe))(x)
+    else:  # tracers of two different vmaps
+        jax.vmap(lambda a: jax.vmap(lambda b: probe(a, b))(x))(x)
+    assert seen and all(s is None for s in seen)
+    monkeypatch.setenv("KKTBRIDGE_NO_JAX_PATCHES", "1")
+    seen.clear()
+    jax.vmap(probe)(x)
+    assert seen == [None]

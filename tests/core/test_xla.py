@@ -22,7 +22,10 @@ def _plain_reduce(v, kind):
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU compile option")
 def test_cpu_stages_get_the_option_where_jaxlib_accepts_it():
     options = cpu_compiler_options()
-    assert options is None or options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    # Each option only where this jaxlib accepts it; the bug work-around is never dropped for the other.
+    assert options is None or set(options) <= {"xla_cpu_experimental_ynn_fusion_type", "xla_cpu_use_fusion_emitters"}
+    if options is not None and jax.__version__.startswith("0.10."):
+        assert options == {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_fusion_emitters": False}
     f = stage_jit(lambda x: jnp.sum(x * x))
     assert float(f(jnp.arange(4.0))) == 14.0
 
