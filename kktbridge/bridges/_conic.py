@@ -89,7 +89,12 @@ def _validate(A: Any, b: Any, c: Any, cone: Any):
     c = as_array("c", c, shape=(n,))
     spec = parse_cone(cone, m=m)
     dtype = jnp.result_type(A, b, c)
-    return A.astype(dtype), b.astype(dtype), c.astype(dtype), spec
+    return _cast(A, dtype), _cast(b, dtype), _cast(c, dtype), spec
+
+
+def _cast(a: jax.Array, dtype) -> jax.Array:
+    # No conversion op when the dtype already matches (an eager op per call, a compile on the first).
+    return a if a.dtype == dtype else a.astype(dtype)
 
 
 def _validate_sparse(A: Any, b: Any, c: Any, cone: Any) -> tuple[jax.Array, jax.Array, jax.Array, ConeSpec, Coords]:

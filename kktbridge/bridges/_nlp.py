@@ -185,12 +185,20 @@ def _constraint_size(name: str, fun: Optional[Callable], x0, params) -> int:
     return int(np.prod(out.shape, dtype=int))
 
 
-def _bound(name: str, value, n: int, fill: float, dtype) -> jax.Array:
+def _bound(name: str, value, n: int, fill: float, dtype) -> "jax.Array | np.ndarray":
+    # NumPy where the value is concrete: an eager jnp op per bound costs a dispatch on every call
+    # and an XLA compilation on the first (tens of ms).
     if value is None:
-        return jnp.full((n,), fill, dtype)
-    arr = jnp.asarray(value, dtype=dtype)
+        return np.full((n,), fill, dtype)
+    if isinstance(value, jax.Array):  # arrays and tracers
+        arr = value if value.dtype == dtype else value.astype(dtype)
+    else:
+        try:
+            arr = np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}: expected a scalar or an array of numbers, got {type(value).__name__} ({e})") from None
     if arr.ndim == 0:
-        arr = jnp.full((n,), arr, dtype)
+        arr = np.full((n,), arr, dtype) if is_concrete(arr) else jnp.full((n,), arr, dtype)
     if arr.shape != (n,):
         raise ValueError(f"{name}: expected a scalar or an array with {n} entries (one per variable), got shape {arr.shape}")
     if is_concrete(arr):
@@ -275,7 +283,7 @@ def solve_nlp(
     warn_if_truncated("x0", x0_flat)
     if not jnp.issubdtype(x0_flat.dtype, jnp.floating):
         x0_flat = x0_flat.astype(jnp.result_type(float))
-    x0 = unravel_x(x0_flat)
+        x0 = unravel_x(x0_flat)
     as_array("x0", x0_flat)
     p_flat, _ = ravel_pytree(params)
     if p_flat.size:

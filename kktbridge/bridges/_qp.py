@@ -194,13 +194,14 @@ def _validate(P, q, A, b, G, h, dtype=None):
     if (G is None) != (h is None):
         raise ValueError("G, h: give both (inequality constraints Gx <= h) or neither")
     dtype = jnp.result_type(P, q)
+    # Absent constraint groups as NumPy: an empty jnp array is an eager op per call (and a compile).
     if A is None:
-        A, b = jnp.zeros((0, n), dtype), jnp.zeros((0,), dtype)
+        A, b = np.zeros((0, n), dtype), np.zeros((0,), dtype)
     else:
         A = as_array("A", A, shape=(None, n))
         b = as_array("b", b, shape=(A.shape[0],))
     if G is None:
-        G, h = jnp.zeros((0, n), dtype), jnp.zeros((0,), dtype)
+        G, h = np.zeros((0, n), dtype), np.zeros((0,), dtype)
     else:
         G = as_array("G", G, shape=(None, n))
         h = as_array("h", h, shape=(G.shape[0],), allow_inf=True)

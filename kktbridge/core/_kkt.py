@@ -129,7 +129,8 @@ def kkt_residual(
       :func:`~kktbridge.custom_root` or :func:`~kktbridge.implicit_solution`. Absent constraint
       groups use empty (shape ``(0,)``) duals.
     """
-    complementarity(jnp.zeros(1), jnp.zeros(1), kind)  # validate `kind` eagerly
+    if kind not in ("min", "product"):  # validated up front (as complementarity would), without an eager op
+        raise ValueError(f"complementarity: expected 'min' or 'product', got {kind!r}")
 
     def F(z: KKTPoint, *args, active: Optional[jax.Array] = None) -> KKTPoint:
         x, nu, lam = z
