@@ -118,8 +118,8 @@ def _oracles(objective, eq, ineq, x0, params, m_eq, m_ineq, sparse):
             return _ORACLE_CACHE[key]
     # Pattern detection only reads shapes and dtypes; concrete zeros keep outer tracers out of it.
     # The host hands IPOPT's oracles p in x's dtype (see host_data).
-    x_example = jnp.zeros(x_flat.shape, x_flat.dtype)
-    p_example = jnp.zeros(p_flat.shape, x_flat.dtype)
+    x_example = np.zeros(x_flat.shape, x_flat.dtype)
+    p_example = np.zeros(p_flat.shape, x_flat.dtype)
     oracles = NLPOracles(objective, eq, ineq, unravel_x, unravel_p, m_eq, m_ineq, x_flat.shape[0], sparse=sparse,
                          x_example=x_example, p_example=p_example)
     oracles.warm_up(p_flat.shape[0])

@@ -155,7 +155,7 @@ class NLPOracles:
             return False
         if x is None or p is None:
             raise ValueError("x_example, p_example: needed for sparsity detection")
-        sigma, lam = jnp.ones((), x.dtype), jnp.zeros((m,), x.dtype)
+        sigma, lam = np.ones((), x.dtype), np.zeros((m,), x.dtype)  # NumPy: no eager op (pattern detection traces)
         try:
             hess_col = _sparsity.detect_hessian(lagrangian, x, p, sigma, lam)
             jac_col = _sparsity.detect_jacobian(c, x, p) if m else None

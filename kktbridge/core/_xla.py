@@ -64,7 +64,7 @@ def cpu_compiler_options() -> Optional[dict[str, Any]]:
     accepted: dict[str, Any] = {}
     for key, value in _CPU_OPTIONS.items():
         try:
-            jax.jit(lambda x: x + 1, compiler_options={key: value}).lower(jnp.zeros((), jnp.float32)).compile()
+            jax.jit(lambda x: x + 1, compiler_options={key: value}).lower(jax.ShapeDtypeStruct((), jnp.float32)).compile()
         except Exception:  # an older/newer jaxlib without this option: compile without it
             continue
         accepted[key] = value

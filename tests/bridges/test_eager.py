@@ -318,3 +318,61 @@ def test_first_nlp_call_background_compilation_compiles_nothing_twice(mode, monk
     assert n_background == n_plain, (n_background, n_plain)
     assert n_background > 0
     np.testing.assert_array_equal(out_background, out_plain)
+
+
+@contextlib.contextmanager
+def compiled_names():
+    """Names of the programs XLA compiles inside the block (JAX's compile log)."""
+    import logging
+    import re
+
+    names: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record):
+            m = re.search(r"Finished XLA compilation of (.*?) in ", record.getMessage())
+            if m:
+                names.append(m.group(1))
+
+    logger, handler = logging.getLogger("jax"), Grab()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with jax.log_compiles():
+            yield names
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.mark.parametrize("bridge", ["nlp", "qp", "conic"])
+def test_first_eager_call_compiles_only_kktbridge_programs(bridge):
+    """A structure's first eager call compiles its own stages (and IPOPT's oracles) and nothing
+    else: no op-by-op JAX work in the bridge's Python (each such op is an XLA compilation of tens of
+    milliseconds on a first call, and a dispatch on every call). Sizes no other test uses, so JAX's
+    own caches cannot hide such an op."""
+    n = 17
+    p = jnp.linspace(0.0, 1.0, n)
+    x0, ones_row, one = jnp.zeros(n), jnp.ones((1, n)), jnp.ones(1)
+    eye = jnp.eye(n)
+    A = jnp.concatenate([-eye, ones_row])
+    b = jnp.concatenate([jnp.zeros(n), one])
+    c = -p
+    calls = {
+        "nlp": lambda: kb.solve_nlp(lambda x, q: jnp.sum((x - q) ** 2), x0, p,
+                                    ineq=lambda x, q: jnp.sum(x, keepdims=True) - 1.0, lower=-2.0),
+        "qp": lambda: kb.solve_qp(eye, c, G=ones_row, h=one),
+        "conic": lambda: kb.solve_conic(A, b, c, {"l": n + 1}),
+    }
+    from kktbridge.core._xla import cpu_compiler_options
+
+    cpu_compiler_options()  # probed once per process (it compiles a scalar function per option)
+    kb.clear_caches()
+    with compiled_names() as names:
+        out = calls[bridge]()
+        jax.block_until_ready(out.x)
+    assert names, "nothing compiled: the caches were not cleared"
+    allowed = {"jit(stage)"} | ({"jit(<lambda>)", "jit(hess)"} if bridge == "nlp" else set())
+    assert set(names) <= allowed, names
+    np.testing.assert_allclose(float(jnp.sum(out.x)), 1.0, rtol=1e-6)  # the constraint sum(x) <= 1 binds
