@@ -393,9 +393,12 @@ def _reverse_stage(plan: BridgePlan, diff: Callable) -> Callable:
 
     The same derivative as linearizing ``diff``: the pullback is ``jax.vjp`` of the stage's own
     function with respect to the arguments the caller perturbs, compiled once per set of nonzero
-    output cotangents and perturbed arguments (and per batch size under ``jacrev``'s ``vmap``). Linearizing the compiled stage instead makes JAX partially evaluate,
-    transpose and re-dispatch it from Python on every call (measured: 3.3 ms of a 4.3 ms eager QP
-    ``jacrev`` whose jitted twin takes 1.0 ms). Forward mode never reaches this stage
+    output cotangents and perturbed arguments. Under ``jacrev``'s ``vmap`` over a basis the
+    pullback runs as one ``vmap``-ed program on the cotangents' concrete values (compiled once per
+    set of batch axes; see :func:`~kktbridge.core._jax_compat.concrete_batch`). Linearizing the
+    compiled stage instead makes JAX partially evaluate, transpose and re-dispatch it from Python on
+    every call (measured: 3.3 ms of a 4.3 ms eager QP ``jacrev`` whose jitted twin takes 1.0 ms).
+    Forward mode never reaches this stage
     (:func:`_reverse_primals`), so ``jacfwd``/``hessian`` keep the ``custom_jvp`` path.
     """
     from jax.custom_derivatives import SymbolicZero
