@@ -178,18 +178,16 @@ PIPELINE_CACHE = LRUCache(128)
 
 
 def clear_caches() -> None:
-    """Drop every compiled bridge stage (and JAX's own caches), the separately compiled fallbacks
-    and the QP backward's cached factorisations; the next call recompiles."""
+    """Drop every compiled bridge stage (and JAX's own caches) and the QP backward's cached
+    factorisations; the next call recompiles."""
     PIPELINE_CACHE.clear()
     from kktbridge.bridges import _nlp
     from kktbridge.core._implicit import clear_implicit_cache
     from kktbridge.core._structured import clear_factor_cache
-    from kktbridge.core._xla import clear_rare_branches
 
     _nlp.clear_oracle_cache()
     clear_implicit_cache()
     clear_factor_cache()
-    clear_rare_branches()
     jax.clear_caches()
 
 

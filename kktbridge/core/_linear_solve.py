@@ -25,8 +25,6 @@ import jax.scipy as jsp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from kktbridge.core._xla import rare_branch
-
 PyTree = Any
 MatVec = Callable[[PyTree], PyTree]
 
@@ -140,14 +138,9 @@ def _lu_or_pinv(A: jax.Array, B: jax.Array, rcond: float) -> tuple[jax.Array, ja
     return X, singular
 
 
-def _pinv_column(a: jax.Array, b: jax.Array, rcond: float) -> jax.Array:
-    return _pinv_kernel(a, b[:, None], rcond)[:, 0]
-
-
 def _robust_kernel(A: jax.Array, B: jax.Array, rcond: float) -> jax.Array:
     X, singular = _lu_or_pinv(A, B, rcond)
-    # The SVD compiles on its own, the first time a singular system needs it (see rare_branch).
-    return jax.lax.cond(singular, lambda: rare_branch(_pinv_kernel, B, A, B, static=(rcond,)), lambda: X)
+    return jax.lax.cond(singular, lambda: _pinv_kernel(A, B, rcond), lambda: X)
 
 
 def _robust_many(A: jax.Array, B: jax.Array, rcond: float) -> jax.Array:
@@ -161,7 +154,7 @@ def _robust_many(A: jax.Array, B: jax.Array, rcond: float) -> jax.Array:
     X = X[..., 0]
 
     def fallback():
-        X_pinv = rare_branch(_pinv_column, X, A, B, static=(rcond,), in_axes=(0, 0))
+        X_pinv = jax.vmap(lambda a, b: _pinv_kernel(a, b[:, None], rcond)[:, 0])(A, B)
         return jnp.where(singular[:, None], X_pinv, X)
 
     return jax.lax.cond(jnp.any(singular), fallback, lambda: X)

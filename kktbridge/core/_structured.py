@@ -23,7 +23,6 @@ import jax.scipy as jsp
 import numpy as np
 
 from kktbridge.core._linear_solve import _dense_solver, _robust_kernel
-from kktbridge.core._xla import rare_branch
 from kktbridge.core._types import PyTree
 
 __all__ = ["MatrixFormat", "DenseFormat", "QPKKTFormat", "DENSE"]
@@ -366,8 +365,7 @@ def _make_qp_solver(transpose: bool) -> Callable:
     @jax.custom_batching.custom_vmap
     def solve(data, b):
         z, ok = _qp_refined(data, b, transpose)
-        # The dense fallback compiles on its own, the first time an instance needs it (rare_branch).
-        return jax.lax.cond(ok, lambda: z, lambda: rare_branch(fallback, b, data, b))
+        return jax.lax.cond(ok, lambda: z, lambda: fallback(data, b))
 
     @solve.def_vmap
     def solve_vmap(axis_size, in_batched, data, b):
@@ -378,7 +376,7 @@ def _make_qp_solver(transpose: bool) -> Callable:
         z = jax.lax.cond(
             jnp.all(ok),
             lambda: z,
-            lambda: jnp.where(ok[:, None], z, rare_branch(fallback, z, data, b, in_axes=axes)),
+            lambda: jnp.where(ok[:, None], z, jax.vmap(fallback, in_axes=axes)(data, b)),
         )
         return z, True
 

@@ -29,9 +29,6 @@ QP derivative stages).
 The options are used only on the CPU backend and only those this jaxlib accepts (each probed once,
 by compiling a scalar function); ``KKTBRIDGE_NO_JAX_PATCHES=1`` disables them like the other
 work-arounds of :mod:`kktbridge.core._jax_compat`.
-
-:func:`rare_branch` keeps a seldom-taken branch (the linear solves' robust fallbacks) out of the
-programs around it on CPU: it is compiled on its own, the first time it runs.
 """
 
 from __future__ import annotations
@@ -44,11 +41,10 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kktbridge.core._jax_compat import is_linearize_tracer
 
-__all__ = ["stage_jit", "cpu_compiler_options", "in_background", "top_level", "rare_branch", "clear_rare_branches"]
+__all__ = ["stage_jit", "cpu_compiler_options", "in_background", "top_level"]
 
 #: Correctness first (the YNNPACK reduction bug), then compile time (module docstring).
 _CPU_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_fusion_emitters": False}
@@ -156,47 +152,3 @@ def stage_jit(fun: Callable[..., Any], **kwargs: Any) -> Any:
     if options is None or "compiler_options" in kwargs:
         return jax.jit(fun, **kwargs)
     return _StageJit(fun, options, kwargs)
-
-
-def rare_branch(fun: Callable[..., Any], like: jax.Array, *args: Any, static: tuple = (), in_axes: Any = None) -> jax.Array:
-    """``fun(*args, *static)`` -- or ``vmap(fun, in_axes)(*args)`` -- for a branch that seldom runs,
-    compiled as a program of its own the first time it runs instead of into every program around it.
-
-    For the robust fallbacks of the derivative's linear solves (a dense SVD solve when an LU or
-    Cholesky factorisation is refused): under ``lax.cond`` XLA compiles both branches, and the
-    fallback was ~40 % of a QP pullback's compile time (0.4 of 0.8 s) though a regular problem never
-    takes it. On a CPU backend the branch is a ``jax.pure_callback`` that calls ``fun`` through
-    :func:`stage_jit` (compiled on the first call, then cached per ``(fun, static, in_axes)``), on
-    the CPU device, with the same dtypes (the same computation); on accelerators it stays inline
-    (a round trip to the host would cost more than it saves). ``like`` gives the result's shape and
-    dtype; ``static`` are hashable trailing arguments (e.g. a tolerance). ``kb.clear_caches()``
-    forgets the compiled branches (:func:`clear_rare_branches`).
-    """
-    if jax.default_backend() != "cpu":
-        return _compose(fun, static, in_axes)(*args)
-    compiled = _rare_jit(fun, static, in_axes)
-
-    def host(*values: Any) -> Any:
-        with jax.default_device(jax.local_devices(backend="cpu")[0]):
-            return np.asarray(compiled(*values))
-
-    # "sequential": an outer vmap of the branch (a vmap-ed rule's body) runs it per member.
-    return jax.pure_callback(host, jax.ShapeDtypeStruct(like.shape, like.dtype), *args, vmap_method="sequential")
-
-
-def _compose(fun: Callable[..., Any], static: tuple, in_axes: Any) -> Callable[..., Any]:
-    def call(*args: Any) -> Any:
-        return fun(*args, *static)
-
-    call.__name__ = f"rare_{getattr(fun, '__name__', 'branch')}"  # how JAX's compile log names it
-    return call if in_axes is None else jax.vmap(call, in_axes=in_axes)
-
-
-@functools.lru_cache(maxsize=64)
-def _rare_jit(fun: Callable[..., Any], static: tuple, in_axes: Any) -> Callable[..., Any]:
-    return top_level(stage_jit(_compose(fun, static, in_axes)))
-
-
-def clear_rare_branches() -> None:
-    """Forget the programs :func:`rare_branch` compiled."""
-    _rare_jit.cache_clear()

@@ -83,32 +83,6 @@ def test_dependent_active_constraints_fall_back_to_minimum_norm(path):
     _used(path)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the separately compiled fallback is CPU-only")
-def test_dense_fallback_compiles_on_its_own_only_when_an_instance_needs_it():
-    """The dense robust fallback is not compiled into the solve's program (it was ~40 % of a QP
-    pullback's compile time); the first refused system compiles it as a program of its own, with
-    the dense answer, and later ones reuse it."""
-    from kktbridge.core import _xla
-    from tests.bridges.test_eager import compiled_names
-
-    _xla.clear_rare_branches()
-    (Ps, A, Gf, d), rng = blocks(seed=3)
-    b = jnp.asarray(rng.normal(size=Ps.shape[0] + A.shape[0] + Gf.shape[0]))
-    solve = jax.jit(QP_KKT.solve)
-    with compiled_names() as names:
-        solve((Ps, A, Gf, d), b)
-    assert names and not any(n.startswith("jit(rare_") for n in names), names
-    dependent = (Ps, A, Gf.at[2].set(Gf[0]), d)
-    with compiled_names() as names:
-        z = solve(dependent, b)
-    assert "jit(rare_fallback)" in names, names
-    np.testing.assert_allclose(z, DENSE.solve(qp_kkt_dense(dependent), b), rtol=1e-8, atol=1e-10)
-    b2 = 2 * b
-    with compiled_names() as names:
-        solve(dependent, b2)
-    assert names == []
-
-
 def test_transposed_matvec_and_single_precision_refinement(path):
     from kktbridge.core._structured import _qp_matvec
 
