@@ -313,3 +313,28 @@ def test_auto_is_the_default_and_reports_its_choice():
     assert batch.solver.shape == (2,) and all(name in kb.QP_SOLVERS for name in batch.solver_name)
     failed = kb.solve_qp(-data["P"], data["q"], on_failure="nan")  # non-convex: no solver's answer
     assert int(failed.solver) == -1 and failed.solver_name == "unknown"
+
+
+def test_batched_gradient_through_the_dense_fallback_at_a_thread_pool_size():
+    """Dependent equality rows refuse the Schur complement, so every instance takes the dense
+    robust fallback, at a size where XLA:CPU runs it on its intra-op thread pool. A version that
+    ran the fallback as a separate program from a host callback deadlocked here; the jitted,
+    vmap-ed gradient must finish and equal the per-instance gradients (and the closed form: with
+    P = p I and the single effective row 1ᵀx = 1, x* = (1/n) 1 + ((1ᵀq) 1 / n - q) / p)."""
+    n, B = 250, 3
+    A = jnp.ones((2, n))
+    b = jnp.array([1.0, 1.0])
+
+    def loss(p, q):
+        return jnp.sum(kb.solve_qp(p * jnp.eye(n), q, A=A, b=b).x ** 2)
+
+    ps = 1.0 + 0.1 * jnp.arange(B)
+    qs = jnp.stack([jnp.linspace(0.5, 1.5, n) * (1 + 0.1 * k) for k in range(B)])
+    g_p, g_q = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1))))(ps, qs)
+    for k in range(B):
+        q = np.asarray(qs[k])
+        p = float(ps[k])
+        x = 1.0 / n + (q.mean() - q) / p
+        dx_dq = (np.full((n, n), 1.0 / n) - np.eye(n)) / p
+        np.testing.assert_allclose(g_q[k], 2 * dx_dq.T @ x, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(g_p[k], 2 * x @ (-(q.mean() - q) / p**2), rtol=1e-8, atol=1e-10)
