@@ -192,6 +192,8 @@ def _bound(name: str, value, n: int, fill: float, dtype) -> "jax.Array | np.ndar
         return np.full((n,), fill, dtype)
     if isinstance(value, jax.Array):  # arrays and tracers
         arr = value if value.dtype == dtype else value.astype(dtype)
+    elif any(isinstance(leaf, jax.Array) for leaf in jax.tree_util.tree_leaves(value)):
+        arr = jnp.asarray(value, dtype=dtype)  # e.g. a list holding a traced scalar
     else:
         try:
             arr = np.asarray(value, dtype=dtype)

@@ -345,3 +345,14 @@ def test_linked_ipopt_release_is_reported_and_current_under_make():
     assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
     if required():
         assert tuple(int(v) for v in version.split(".")) >= (3, 14), version
+
+
+def test_bounds_as_a_list_holding_a_traced_scalar_are_differentiable():
+    """``upper=[u, 5.0]`` with ``u`` traced (grad, jit): the list becomes a JAX array, not NumPy."""
+    f = lambda x, p: jnp.sum((x - p["t"]) ** 2) + 0.1 * x[0] * x[1]  # noqa: E731
+    sx = lambda u: jnp.sum(kb.solve_nlp(f, jnp.zeros(2), {"t": jnp.array([1.0, 2.0])}, upper=[u, 5.0]).x)  # noqa: E731
+    g = jax.grad(sx)(0.5)
+    eps = 1e-6
+    fd = (sx(0.5 + eps) - sx(0.5 - eps)) / (2 * eps)
+    np.testing.assert_allclose(g, fd, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(sx)(0.5), sx(0.5), rtol=1e-10)
