@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import jax.scipy as jsp
 import numpy as np
 
-from kktbridge.core._linear_solve import _dense_solver, _robust_kernel
+from kktbridge.core._linear_solve import _dense_solver, _robust_inline, _robust_kernel, rare_dense
 from kktbridge.core._types import PyTree
 
 __all__ = ["MatrixFormat", "DenseFormat", "QPKKTFormat", "DENSE"]
@@ -360,7 +360,10 @@ def _make_qp_solver(transpose: bool) -> Callable:
 
     def fallback(data, b):
         J = qp_kkt_dense(data)
-        return robust(J.T if transpose else J, b)
+        J = J.T if transpose else J
+        if jax.default_backend() == "cpu":  # the whole dense solve on the host (see rare_dense)
+            return rare_dense(_robust_inline, J, b[:, None], RCOND)[:, 0]
+        return robust(J, b)
 
     @jax.custom_batching.custom_vmap
     def solve(data, b):

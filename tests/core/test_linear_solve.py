@@ -92,6 +92,54 @@ def test_auto_falls_back_only_when_singular(rng):
     np.testing.assert_allclose(ls.solve_auto(_matvec(A), jnp.asarray(b)), np.linalg.solve(A, b), rtol=1e-12)
 
 
+def _singular(rng, n=6, rank=4):
+    U, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    return U @ np.diag(np.r_[np.linspace(3.0, 1.0, rank), np.zeros(n - rank)]) @ V.T
+
+
+def _program_calls(fun, *args):
+    import re
+
+    return set(re.findall(r"lapack_\w+", jax.jit(fun).lower(*args).as_text()))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the robust fallbacks run on the host only on CPU")
+def test_robust_fallback_is_not_compiled_and_equals_the_inline_kernel(rng):
+    """``solve_auto``'s SVD branch runs on the host (SciPy), not in the program: the program holds
+    the LU only; one matrix or a batch, regular or singular, float32 or float64, values and
+    derivatives are those of the all-XLA kernel."""
+    A_s, A_r = _singular(rng), _nonsym(rng, 6)
+    B = rng.standard_normal((3, 6))
+    solve = lambda A, b: ls.solve_auto(lambda u: A @ u, b)  # noqa: E731
+    inline = lambda A, b: ls_impl._robust_inline(A, b[:, None], 1e-10)[:, 0]  # noqa: E731
+    calls = _program_calls(solve, jnp.asarray(A_s), jnp.asarray(B[0]))
+    assert calls and not any("gesdd" in c or "gesvd" in c for c in calls), calls
+    for A in (A_s, A_r):
+        A = jnp.asarray(A)
+        # One matrix, many right-hand sides (the host factors it once), jitted.
+        out = jax.jit(jax.vmap(solve, in_axes=(None, 0)))(A, jnp.asarray(B))
+        np.testing.assert_allclose(out, jax.vmap(inline, in_axes=(None, 0))(A, jnp.asarray(B)), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(out, (np.linalg.pinv(np.asarray(A), rcond=1e-10) @ B.T).T, rtol=1e-9, atol=1e-12)
+        # Derivatives are the inline kernel's.
+        dA = jnp.asarray(rng.standard_normal((6, 6)))
+        b = jnp.asarray(A @ B[0]) if A is A_s else jnp.asarray(B[0])
+        t, t_ref = jax.jvp(lambda M: solve(M, b), (A,), (dA,))[1], jax.jvp(lambda M: inline(M, b), (A,), (dA,))[1]
+        np.testing.assert_allclose(t, t_ref, rtol=1e-9, atol=1e-12)
+    # A batch of matrices, one singular: only that member takes the (host) SVD.
+    As = jnp.asarray(np.stack([A_r, A_s, 2 * A_r]))
+    out = jax.jit(jax.vmap(solve))(As, jnp.asarray(B))
+    np.testing.assert_allclose(out, jax.vmap(inline)(As, jnp.asarray(B)), rtol=1e-10, atol=1e-12)
+    # float32 in, float32 out (the host computes in float64: at least as accurate; 1e-5 is float32's
+    # rounding of the data, amplified by cond(A_s restricted to its range) = 3).
+    f32 = lambda t: jnp.asarray(t, jnp.float32)  # noqa: E731
+    out32 = jax.jit(lambda A, b: ls_impl.rare_dense(ls_impl._pinv_kernel, A, b, 1e-6))(f32(A_s), f32(B.T))
+    assert out32.dtype == jnp.float32
+    np.testing.assert_allclose(out32, np.linalg.pinv(A_s, rcond=1e-6) @ B.T, rtol=1e-5, atol=1e-5)
+    # A non-finite matrix gives NaN (LAPACK is never handed it).
+    assert np.all(np.isnan(jax.jit(solve)(jnp.asarray(A_s).at[0, 0].set(jnp.nan), jnp.asarray(B[0]))))
+
+
 def test_auto_uses_matrix_free_solver_above_dense_max_size(rng, monkeypatch):
     """Above ``DENSE_MAX_SIZE`` unknowns the default switches to GMRES; the answer must not change."""
     A, b = _nonsym(rng, 8), rng.standard_normal(8)
