@@ -25,7 +25,7 @@ import contextlib
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, NamedTuple, Optional, Sequence, overload
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +76,20 @@ def check_on_failure(on_failure: str) -> None:
     """Raise ``ValueError`` unless ``on_failure`` is one of :data:`ON_FAILURE` (typed :data:`OnFailure`)."""
     if on_failure not in ON_FAILURE:
         raise ValueError(f"on_failure: expected one of {ON_FAILURE}, got {on_failure!r}")
+
+
+@overload
+def cast(a: jax.Array, dtype: DTypeLike) -> jax.Array: ...
+
+
+@overload
+def cast(a: np.ndarray, dtype: DTypeLike) -> np.ndarray: ...
+
+
+def cast(a: "jax.Array | np.ndarray", dtype: DTypeLike) -> "jax.Array | np.ndarray":
+    """``a`` as ``dtype``, with no conversion op when it already is: on a concrete array that op
+    would be an eager dispatch on every call and an XLA compilation on a structure's first."""
+    return a if a.dtype == dtype else a.astype(dtype)
 
 
 def as_array(

@@ -39,6 +39,7 @@ from kktbridge.bridges._common import (
     BridgePlan,
     Diagnostics,
     as_array,
+    cast,
     check_on_failure,
     Policy,
     options_key,
@@ -89,12 +90,7 @@ def _validate(A: Any, b: Any, c: Any, cone: Any):
     c = as_array("c", c, shape=(n,))
     spec = parse_cone(cone, m=m)
     dtype = jnp.result_type(A, b, c)
-    return _cast(A, dtype), _cast(b, dtype), _cast(c, dtype), spec
-
-
-def _cast(a: jax.Array, dtype) -> jax.Array:
-    # No conversion op when the dtype already matches (an eager op per call, a compile on the first).
-    return a if a.dtype == dtype else a.astype(dtype)
+    return cast(A, dtype), cast(b, dtype), cast(c, dtype), spec
 
 
 def _validate_sparse(A: Any, b: Any, c: Any, cone: Any) -> tuple[jax.Array, jax.Array, jax.Array, ConeSpec, Coords]:

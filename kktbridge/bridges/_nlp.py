@@ -32,6 +32,7 @@ from kktbridge.bridges._common import (
     Diagnostics,
     LRUCache,
     as_array,
+    cast,
     check_on_failure,
     Policy,
     is_concrete,
@@ -191,7 +192,7 @@ def _bound(name: str, value, n: int, fill: float, dtype) -> "jax.Array | np.ndar
     if value is None:
         return np.full((n,), fill, dtype)
     if isinstance(value, jax.Array):  # arrays and tracers
-        arr = value if value.dtype == dtype else value.astype(dtype)
+        arr = cast(value, dtype)
     elif any(isinstance(leaf, jax.Array) for leaf in jax.tree_util.tree_leaves(value)):
         arr = jnp.asarray(value, dtype=dtype)  # e.g. a list holding a traced scalar
     else:

@@ -24,6 +24,7 @@ from kktbridge.bridges._common import (
     BridgePlan,
     Diagnostics,
     as_array,
+    cast,
     check_on_failure,
     Policy,
     is_concrete,
@@ -205,8 +206,7 @@ def _validate(P, q, A, b, G, h, dtype=None):
     else:
         G = as_array("G", G, shape=(None, n))
         h = as_array("h", h, shape=(G.shape[0],), allow_inf=True)
-    cast = lambda t: t if t.dtype == dtype else t.astype(dtype)  # noqa: E731  (no dispatch when already right)
-    return tuple(map(cast, (P, q, A, b, G, h)))
+    return tuple(cast(t, dtype) for t in (P, q, A, b, G, h))
 
 
 def _qp_plan(adapter, n, m_eq, m_ineq, dtype, options, policy: Policy, warm: bool, coords=None) -> BridgePlan:
