@@ -270,34 +270,15 @@ def _dense_solver(kernel: Callable, rcond: float) -> Callable[[jax.Array, jax.Ar
             return _robust_many(A, b, rcond), True
         return jax.vmap(lambda a, v: kernel(a, v[:, None], rcond)[:, 0])(A, b), True
 
-    # custom_vmap alone gives JAX no derivatives in reverse mode. Where a solve itself is
-    # differentiated (e.g. a JAXopt user's grad through solve_lu), the tangent is written with the
-    # same solves, as custom_linear_solves so that JAX can transpose them: under vmap they keep
-    # the batching rule above (differentiating the kernel instead would turn the robust kernel's
-    # cond into a select that pays for an SVD of every member).
-    def S(M: jax.Array, r: jax.Array) -> jax.Array:  # M⁻¹ r (M⁺ r for the minimum-norm kernels)
-        return jax.lax.custom_linear_solve(
-            lambda u: M @ u, r, solve=lambda _, v: solve(M, v), transpose_solve=lambda _, v: solve(M.T, v)
-        )
-
+    # custom_vmap alone gives JAX no reverse mode: derivatives (only when a solve itself is
+    # differentiated, e.g. a JAXopt user's grad through solve_lu) are the kernel's own, inline.
     @jax.custom_jvp
     def differentiable(A, b):
         return solve(A, b)
 
     @differentiable.defjvp
     def differentiable_jvp(primals, tangents):
-        (A, b), (dA, db) = primals, tangents
-        x = solve(A, b)
-        if kernel is _cholesky_kernel:  # a function of the symmetric part of A
-            dA = 0.5 * (dA + dA.T)
-        dx = S(A, db - dA @ x)
-        if kernel in (_pinv_kernel, _robust_kernel):
-            # x = A⁺b at constant rank (Golub & Pereyra):
-            # dx = A⁺(db - dA x) + A⁺A⁺ᵀ dAᵀ (b - A x) + (I - A⁺A) dAᵀ A⁺ᵀ x.
-            # Both extra terms vanish for a nonsingular A.
-            w = dA.T @ S(A.T, x)
-            dx = dx + S(A, S(A.T, dA.T @ (b - A @ x))) + w - S(A, A @ w)
-        return x, dx
+        return jax.jvp(lambda A, b: kernel(A, b[:, None], rcond)[:, 0], primals, tangents)
 
     return differentiable
 

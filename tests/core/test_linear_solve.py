@@ -221,50 +221,6 @@ def test_solution_is_differentiable_in_reverse_mode(rng, name):
     np.testing.assert_allclose(gA, gA_ref, rtol=RTOL[name] * 10, atol=0)
 
 
-@pytest.mark.parametrize("name", ["auto", "lstsq"])
-def test_minimum_norm_derivatives_at_a_singular_matrix(rng, name):
-    """At a rank-deficient ``A`` (inconsistent ``b``) the derivative is that of ``x = A⁺b`` along
-    rank-preserving perturbations, in both modes: central differences of ``np.linalg.pinv``."""
-    A = _singular(rng)
-    U, s, Vt = np.linalg.svd(A)
-    r = int(np.sum(s > 1e-12))
-    # dA = U_r M V_rᵀ + (a term outside both ranges would change the rank: excluded)
-    dA = U[:, :r] @ rng.standard_normal((r, r)) @ Vt[:r] + U[:, :r] @ rng.standard_normal((r, 6 - r)) @ Vt[r:]
-    dA = dA + U[:, r:] @ rng.standard_normal((6 - r, r)) @ Vt[:r]
-    b, db, g = rng.standard_normal(6), rng.standard_normal(6), rng.standard_normal(6)
-    solve = _solver(name)
-    x_of = lambda A, b: solve(lambda u: A @ u, b)  # noqa: E731
-    h = 1e-6
-    # The two off-diagonal terms together leave singular values O(h²) ~ 1e-12 along the straight
-    # line A ± h dA (second order): the finite-difference pinv truncates them (rcond 1e-9).
-    pinv = lambda M: np.linalg.pinv(M, rcond=1e-9)  # noqa: E731
-    fd = (pinv(A + h * dA) @ (b + h * db) - pinv(A - h * dA) @ (b - h * db)) / (2 * h)
-    _, t = jax.jvp(x_of, (jnp.asarray(A), jnp.asarray(b)), (jnp.asarray(dA), jnp.asarray(db)))
-    # Central differences: truncation O(h²) ~ 1e-12, round-off eps/h ~ 1e-10 relative.
-    np.testing.assert_allclose(t, fd, rtol=1e-7, atol=1e-9)
-    # Reverse mode is the transpose of the same linear map.
-    gA, gb = jax.grad(lambda A, b: jnp.dot(g, x_of(A, b)), argnums=(0, 1))(jnp.asarray(A), jnp.asarray(b))
-    np.testing.assert_allclose(np.sum(gA * dA) + gb @ db, g @ np.asarray(t), rtol=1e-10)
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the robust fallbacks run on the host only on CPU")
-def test_batched_gradient_of_solve_auto_compiles_no_svd(rng):
-    """``jit(vmap(grad))`` through ``solve_auto``: the derivative reuses the solve (and its batching
-    rule), so no SVD is compiled in (an SVD per member on every call, had the kernel's ``cond`` been
-    differentiated and batched into a ``select``)."""
-    As, Bs = jnp.asarray(np.stack([_nonsym(rng, 5) for _ in range(3)])), jnp.asarray(rng.standard_normal((3, 5)))
-    loss = lambda A, b: jnp.sum(jnp.sin(ls.solve_auto(lambda u: A @ u, b)))  # noqa: E731
-    calls = _program_calls(jax.vmap(jax.grad(loss, argnums=(0, 1))), As, Bs)
-    assert calls and not any("gesdd" in c or "gesvd" in c for c in calls), calls
-    gA, gb = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1))))(As, Bs)
-    for i in range(3):
-        A, b = np.asarray(As[i]), np.asarray(Bs[i])
-        x = np.linalg.solve(A, b)
-        y = np.linalg.solve(A.T, np.cos(x))
-        np.testing.assert_allclose(gb[i], y, rtol=1e-10)
-        np.testing.assert_allclose(gA[i], -np.outer(y, x), rtol=1e-10)
-
-
 def test_unknown_solver_name_raises():
     with pytest.raises(ValueError, match="solve: unknown linear solver 'svd'"):
         ls.resolve_solver("svd")
