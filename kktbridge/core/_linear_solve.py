@@ -270,17 +270,7 @@ def _dense_solver(kernel: Callable, rcond: float) -> Callable[[jax.Array, jax.Ar
             return _robust_many(A, b, rcond), True
         return jax.vmap(lambda a, v: kernel(a, v[:, None], rcond)[:, 0])(A, b), True
 
-    # custom_vmap alone gives JAX no reverse mode: derivatives (only when a solve itself is
-    # differentiated, e.g. a JAXopt user's grad through solve_lu) are the kernel's own, inline.
-    @jax.custom_jvp
-    def differentiable(A, b):
-        return solve(A, b)
-
-    @differentiable.defjvp
-    def differentiable_jvp(primals, tangents):
-        return jax.jvp(lambda A, b: kernel(A, b[:, None], rcond)[:, 0], primals, tangents)
-
-    return differentiable
+    return solve
 
 
 def dense_robust_solver(rcond: float = 1e-10) -> Callable[[jax.Array, jax.Array], jax.Array]:
