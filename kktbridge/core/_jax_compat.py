@@ -83,7 +83,8 @@ def concrete_batch(leaves: list) -> "Optional[tuple[list, tuple[Optional[int], .
     :func:`eval_context` -- the result JAX's batching rule would give, by one C++ dispatch.
 
     ``None`` (the caller keeps JAX's general path) for anything else: no tracers, other
-    transformations, nested or named-axis ``vmap`` s, or patches disabled.
+    transformations, nested ``vmap`` s, one with an ``spmd_axis_name`` (sharding), or patches
+    disabled. A plain ``axis_name`` is fine: the pullback runs no collective over the caller's axis.
     """
     if os.environ.get("KKTBRIDGE_NO_JAX_PATCHES"):
         return None
