@@ -217,8 +217,9 @@ def rare_dense(kernel: Callable, A: jax.Array, B: jax.Array, rcond: float) -> ja
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def _rare_dense(kernel: Callable, rcond: float, A: jax.Array, B: jax.Array) -> jax.Array:
-    shape = jax.ShapeDtypeStruct(B.shape, B.dtype)
-    host = functools.partial(_host_dense, kernel, rcond, out_dtype=B.dtype)
+    dtype = jnp.result_type(A.dtype, B.dtype)  # as the inline kernel's result (mixed precisions)
+    shape = jax.ShapeDtypeStruct(B.shape, dtype)
+    host = functools.partial(_host_dense, kernel, rcond, out_dtype=dtype)
     return jax.pure_callback(host, shape, A, B, vmap_method="expand_dims")
 
 

@@ -135,6 +135,9 @@ def test_robust_fallback_is_not_compiled_and_equals_the_inline_kernel(rng):
     f32 = lambda t: jnp.asarray(t, jnp.float32)  # noqa: E731
     out32 = jax.jit(lambda A, b: ls_impl.rare_dense(ls_impl._pinv_kernel, A, b, 1e-6))(f32(A_s), f32(B.T))
     assert out32.dtype == jnp.float32
+    # Mixed precisions promote as the inline kernel does.
+    mixed = jax.jit(lambda A, b: ls_impl.rare_dense(ls_impl._pinv_kernel, A, b, 1e-6))(jnp.asarray(A_s), f32(B.T))
+    assert mixed.dtype == ls_impl._pinv_kernel(jnp.asarray(A_s), f32(B.T), 1e-6).dtype == jnp.float64
     np.testing.assert_allclose(out32, np.linalg.pinv(A_s, rcond=1e-6) @ B.T, rtol=1e-5, atol=1e-5)
     # A non-finite matrix gives NaN (LAPACK is never handed it).
     assert np.all(np.isnan(jax.jit(solve)(jnp.asarray(A_s).at[0, 0].set(jnp.nan), jnp.asarray(B[0]))))
