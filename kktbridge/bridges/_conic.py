@@ -14,15 +14,19 @@ which is the ``τ = 1`` slice of the homogeneous self-dual embedding residual di
 diffcp (Agrawal et al., 2019); ``y = Π_{K*}(v)`` and ``s = y - v`` are recovered by Moreau's
 decomposition, so all of ``x, y, s`` are differentiable.
 
-Sparse ``A`` (BCOO, differentiable in its values; SciPy sparse, constant) stays sparse end to end:
-the residual applies it by ``segment_sum`` over its coordinates, the solvers receive CSC built
-from the coordinates, and the backward factors the Jacobian
+The backward factors the Jacobian
 
 .. math::  \frac{\partial F}{\partial (x, v)} = \begin{bmatrix} 0 & A^\top D\Pi \\ A & D\Pi - I \end{bmatrix}
 
-(``DΠ`` block diagonal by cone, :func:`~kktbridge.core._conic.conic_jacobian_pattern`) by a
-sparse LU on its known pattern (:class:`~kktbridge.core._sparsity.SparseLUSolver`, one
-factorization for every tangent/cotangent), never a dense ``(n + m)²`` matrix above
+(``DΠ`` block diagonal by cone), assembled in closed form for a dense ``A``
+(:func:`~kktbridge.core._conic.conic_jacobian`: no ``n + m`` JVPs of ``F``) and LU-factored
+once for every tangent/cotangent. Sparse ``A`` (BCOO, differentiable in its values; SciPy
+sparse, constant) stays sparse end to end: the residual applies it by ``segment_sum`` over its
+coordinates, the solvers receive CSC built from the coordinates, and the backward uses a sparse
+LU on the Jacobian's known pattern (:func:`~kktbridge.core._conic.conic_jacobian_pattern`,
+:class:`~kktbridge.core._sparsity.SparseLUSolver`) -- unless that pattern is itself dense
+(a sparse ``A`` with large cone blocks, see :func:`_ift_jacobian`), when the dense closed form is
+faster; never a dense ``(n + m)²`` matrix above
 :data:`~kktbridge.core._sparsity.SPARSE_DENSE_FALLBACK_MAX` unknowns.
 """
 
@@ -32,6 +36,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from kktbridge.adapters import Adapter, get_adapter
@@ -54,10 +59,12 @@ from kktbridge.core._conic import (
     ConicPoint,
     LinearOperator,
     conic_check,
+    conic_jacobian,
     conic_jacobian_pattern,
     conic_residual_map,
     from_embedding,
 )
+from kktbridge.core._linear_solve import DENSE_MAX_SIZE
 from kktbridge.core._types import ConicStructure, LinearSolverArg, OnFailure
 
 
@@ -111,15 +118,30 @@ def sparse_operator(coords: Coords) -> LinearOperator:
     return LinearOperator(coords.matvec, coords.rmatvec, coords.row_norms)
 
 
-def _sparse_ift_solver(spec: Any, coords: Coords):
-    """Sparse LU for the IFT system of a sparse cone program (pattern of ``∂F/∂(x, v)``)."""
+def _ift_jacobian(spec: ConeSpec, coords: Optional[Coords], n: int, m: int) -> tuple[Optional[Callable], Any]:
+    """How the backward gets the IFT matrix ``∂F/∂(x, v)``: ``(jacobian, solve)``.
+
+    ``jacobian(z, A, b, c)``: the dense matrix in closed form (:func:`~kktbridge.core._conic.conic_jacobian`),
+    for a dense ``A`` and for a sparse ``A`` whose *Jacobian* pattern is more than
+    :data:`~kktbridge.core._sparsity.SPARSE_MAX_DENSITY` full -- a sparse ``A`` can give a dense
+    Jacobian, since ``AᵀDΠ`` spreads each entry over its whole cone block (cvxpy's portfolio with a
+    100-asset risk cone: ``A`` 6 % full, the Jacobian 36 %; SciPy's sparse LU of it took ~4x the
+    dense one). Both up to :data:`~kktbridge.core._linear_solve.DENSE_MAX_SIZE` unknowns.
+    ``solve``: the default linear solver for a sparse ``A`` otherwise, a sparse LU on the pattern
+    (:class:`~kktbridge.core._sparsity.SparseLUSolver`; ``None`` without ``asdex``: the dense
+    default, GMRES above its size limit -- ``pip install kktbridge[sparse]``).
+    """
     from kktbridge.core import _sparsity
 
-    if not _sparsity.available():
-        return None  # the dense default (GMRES above its size limit); `pip install kktbridge[sparse]`
-    m, n = coords.shape
+    N = n + m
+    if coords is None:
+        return (conic_jacobian(spec) if N <= DENSE_MAX_SIZE else None), None
     rows, cols = conic_jacobian_pattern(spec, coords.rows, coords.cols, n)
-    return _sparsity.SparseLUSolver(rows, cols, n + m)
+    nnz = np.unique(np.concatenate([rows * N + cols, cols * N + rows])).size  # the LU's pattern: P ∪ Pᵀ
+    if N <= DENSE_MAX_SIZE and nnz > _sparsity.SPARSE_MAX_DENSITY * N * N:
+        J = conic_jacobian(spec)
+        return (lambda z, A_data, b, c: J(z, coords.todense(A_data), b, c)), None
+    return None, (_sparsity.SparseLUSolver(rows, cols, N) if _sparsity.available() else None)
 
 
 #: Largest ``n + m`` refined (a dense LU of the residual map's Jacobian per Newton step).
@@ -135,12 +157,13 @@ def _refines(adapter: Any, size: int) -> bool:
     return getattr(adapter, "name", None) == "clarabel" and size <= REFINE_MAX_SIZE
 
 
-def _newton_refine(F: Callable, spec: Any, steps: int = 1) -> Callable:
+def _newton_refine(F: Callable, spec: Any, jacobian: Optional[Callable] = None, steps: int = 1) -> Callable:
     """``refine(z, args)``: ``steps`` semismooth Newton steps on the residual map ``F(z) = 0``
     (Busseti, Moursi & Boyd, *Solution refinement at regular points of conic problems*, 2019):
     ``z ← z - J(z)⁻¹ F(z)`` with ``J = ∂F/∂z``, the matrix of the IFT system; quadratic convergence
     from a point within ~√μ of a regular solution, so one step takes Clarabel's ~1e-6 to ~1e-11
     (a second reached 4e-16 but doubled the cost, which under ``vmap`` every instance pays).
+    ``jacobian(z, *args)``: ``J`` in closed form (dense ``A``), else JVPs of ``F``.
     Returns the point and its ``(x, y, s)``."""
     from jax.flatten_util import ravel_pytree
 
@@ -148,7 +171,8 @@ def _newton_refine(F: Callable, spec: Any, steps: int = 1) -> Callable:
         z_flat, unravel = ravel_pytree(z)
         G = lambda v: ravel_pytree(F(unravel(v), *args))[0]  # noqa: E731
         for _ in range(steps):
-            step = jnp.linalg.solve(jax.jacfwd(G)(z_flat), G(z_flat))
+            J = jax.jacfwd(G)(z_flat) if jacobian is None else jacobian(unravel(z_flat), *args)
+            step = jnp.linalg.solve(J, G(z_flat))
             z_flat = jnp.where(jnp.all(jnp.isfinite(step)), z_flat - step, z_flat)
         z_new = unravel(z_flat)
         x, y, s = from_embedding(z_new, spec)
@@ -244,10 +268,11 @@ def solve_conic(
         adapter.validate_options(options)
         operator = DENSE if coords is None else sparse_operator(coords)
         F = conic_residual_map(spec, operator)
+        J, sparse_solve = _ift_jacobian(spec, coords, n, m)
         check = conic_check(spec, operator)
         plan_policy = policy
         if coords is not None and policy.solve is None:
-            plan_policy = policy._replace(solve=_sparse_ift_solver(spec, coords))
+            plan_policy = policy._replace(solve=sparse_solve)
 
         def host_data(args, extra):
             data = dict(zip("A b c".split(), args))
@@ -275,7 +300,8 @@ def solve_conic(
             fallback=lambda args, extra: ConicPoint(jnp.zeros((n,), dtype), jnp.zeros((m,), dtype)),
             finish=finish,
             policy=plan_policy,
-            refine=_newton_refine(F, spec) if _refines(adapter, n + m) else None,
+            jacobian=None if J is None else (lambda z, args, activity: J(z, *args)),
+            refine=_newton_refine(F, spec, J) if _refines(adapter, n + m) else None,
         )
 
     return run_pipeline(key, build, args, extra, on_failure)

@@ -44,6 +44,10 @@ class Coords(NamedTuple):
         """``Mᵀ @ y`` from the values ``data``."""
         return jax.ops.segment_sum(data * y[self.rows], jnp.asarray(self.cols), num_segments=self.shape[1])
 
+    def todense(self, data: jax.Array) -> jax.Array:
+        """The dense matrix (duplicates add up)."""
+        return jnp.zeros(self.shape, data.dtype).at[self.rows, self.cols].add(data)
+
     def row_norms(self, data: jax.Array) -> jax.Array:
         """Euclidean norm of every row ``‖M_i‖₂`` (``shape[0]`` values)."""
         # Duplicates are summed per entry first, so that a split entry has its true norm.

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kktbridge.core._cones import ConeSpec, cone_blocks, cone_projection, parse_cone
+from kktbridge.core._cones import ConeSpec, cone_blocks, cone_projection, parse_cone, projection_jacobian_blocks
 
 __all__ = [
     "ConicPoint",
@@ -54,6 +54,7 @@ __all__ = [
     "DENSE",
     "conic_residual_map",
     "conic_check",
+    "conic_jacobian",
     "conic_jacobian_pattern",
     "to_embedding",
     "from_embedding",
@@ -162,6 +163,42 @@ def conic_check(cone: Any, operator: LinearOperator = DENSE) -> Callable[..., tu
         return res, empty, margin, jnp.sum(weak).astype(jnp.int32)
 
     return check
+
+
+def conic_jacobian(cone: Any) -> Callable[[ConicPoint, jax.Array, jax.Array, jax.Array], jax.Array]:
+    r"""Return ``J(z, A, b, c)``: the Jacobian ``∂F/∂(x, v)`` of :func:`conic_residual_map` for a
+    dense ``A``, assembled in closed form,
+
+    .. math::  J = \begin{bmatrix} 0 & A^\top D\Pi \\ A & D\Pi - I \end{bmatrix},
+       \qquad D\Pi = \frac{\partial \Pi_{K^*}}{\partial v}(v)\ \text{block diagonal by cone,}
+
+    as an ``(n + m, n + m)`` matrix in the flat order of :class:`ConicPoint` (unknowns and residual
+    alike). ``DΠ`` comes block by block (:func:`~kktbridge.core._cones.projection_jacobian_blocks`)
+    and ``AᵀDΠ`` block column by block column, ``O(n Σ size²)``: materialising ``J`` by ``n + m``
+    JVPs of ``F`` costs ``O((n + m) m n)``, as much as its LU factorisation at ``n + m`` of a few
+    hundred. Equal to ``jax.jacfwd`` of the residual (tested).
+    """
+    spec: ConeSpec = parse_cone(cone)
+    m = spec.dim
+    dproj = projection_jacobian_blocks(spec, dual=True)
+
+    def jacobian(z: ConicPoint, A: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
+        n = A.shape[1]
+        runs = dproj(z.v)
+        dtype = jnp.result_type(A, z.v)
+        AtD = [
+            jnp.einsum("ksn,kst->nkt", A[r.start : r.start + r.size * r.count].reshape(r.count, r.size, n), r.blocks).reshape(n, -1)
+            for r in runs
+        ]
+        D_minus_I = jnp.zeros((m, m), dtype)
+        for r in runs:  # row and column of each block entry are static: one scatter per run
+            k, a, e = np.meshgrid(np.arange(r.count), np.arange(r.size), np.arange(r.size), indexing="ij")
+            D_minus_I = D_minus_I.at[r.start + k * r.size + a, r.start + k * r.size + e].set(r.blocks.astype(dtype))
+        D_minus_I = D_minus_I - jnp.eye(m, dtype=dtype)
+        top = jnp.concatenate([jnp.zeros((n, n), dtype)] + [a.astype(dtype) for a in AtD], axis=1)
+        return jnp.concatenate([top, jnp.concatenate([A.astype(dtype), D_minus_I], axis=1)], axis=0)
+
+    return jacobian
 
 
 def conic_jacobian_pattern(cone: Any, rows: np.ndarray, cols: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

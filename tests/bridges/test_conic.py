@@ -18,7 +18,7 @@ from kktbridge import ConicSolution, SolverError, Status, solve_conic  # the pub
 from tests._conic_problems import cvxpy_reference
 from tests._conic_problems import make_problem as _shared_make_problem
 from kktbridge.core._cones import psd_mat
-from kktbridge.core._conic import hsde_residual
+from kktbridge.core._conic import ConicPoint, conic_jacobian, conic_residual_map, hsde_residual
 from tests._fd import fd4_jacobian
 from tests._peers import peer
 
@@ -76,6 +76,38 @@ def test_hsde_residual_vanishes_at_solution():
     np.testing.assert_allclose(hsde_residual(cone)(z, A, b, c), 0.0, atol=1e-12)
     # Degree-0 homogeneity: the ray direction is in the null space of diffcp's map.
     np.testing.assert_allclose(hsde_residual(cone)(2.5 * z, A, b, c), 0.0, atol=1e-12)
+
+
+#: Every kind of cone, several blocks of one kind (runs), and blocks of one row.
+ALL_KINDS = {"z": 2, "l": 3, "q": [3, 4, 4], "s": [2, 3], "ep": 2, "ed": 1, "p": [0.3, -0.6]}
+
+
+@pytest.mark.parametrize("where, dtype", [("random", jnp.float64), ("kinks", jnp.float64), ("random", jnp.float32)])
+def test_closed_form_jacobian_equals_jacfwd_of_the_residual(where, dtype):
+    """``conic_jacobian`` (what the backward factors for a dense ``A``) is ``∂F/∂(x, v)`` exactly:
+    the same derivative rules per block, so equal to rounding; at random points (every cone
+    region) and where projections have kinks (an orthant entry at 0, an SOC block on the cone's
+    boundary and one at its tip, a zero PSD block)."""
+    from jax.flatten_util import ravel_pytree
+
+    from kktbridge.core._cones import parse_cone
+
+    rng = np.random.default_rng(11)
+    n, m = 5, parse_cone(ALL_KINDS).dim
+    A, b, c = (jnp.asarray(a, dtype) for a in (rng.standard_normal((m, n)), rng.standard_normal(m), rng.standard_normal(n)))
+    v = rng.standard_normal(m)
+    if where == "kinks":
+        v[3] = 0.0  # orthant row (rows: z 0-1, l 2-4, q 5-7, 8-11, 12-15, s 16-18, 19-24, ...)
+        v[5] = np.linalg.norm(v[6:8])  # SOC of size 3: on the boundary
+        v[8:12] = 0.0  # SOC of size 4: the tip
+        v[16:19] = 0.0  # PSD of order 2
+    z = ConicPoint(jnp.asarray(rng.standard_normal(n), dtype), jnp.asarray(v, dtype))
+    F = conic_residual_map(ALL_KINDS)
+    flat, unravel = ravel_pytree(z)
+    want = jax.jit(jax.jacfwd(lambda u: ravel_pytree(F(unravel(u), A, b, c))[0]))(flat)
+    got = jax.jit(conic_jacobian(ALL_KINDS))(z, A, b, c)
+    assert got.dtype == dtype and got.shape == (n + m, n + m)
+    np.testing.assert_allclose(got, want, atol=10 * float(jnp.finfo(dtype).eps), rtol=0)
 
 
 def _jacobians(cone, A, b, c, mode=jax.jacfwd, **opts):

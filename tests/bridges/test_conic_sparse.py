@@ -3,7 +3,9 @@
 The solvers receive the same CSC matrix on both paths (BCOO.fromdense and SciPy keep exactly the
 nonzeros that ``csc_matrix`` of the dense array keeps), so values agree to rounding and the
 derivatives differ only by the linear solve (sparse LU on the Jacobian's pattern vs the dense
-default): 1e-9 is checked throughout.
+default): 1e-9 is checked throughout. The small examples' Jacobian patterns are dense, where the
+bridge's default backward is the dense closed form (``_ift_jacobian``); :func:`sparse_lu` forces the
+sparse LU so that it stays covered on every cone.
 """
 
 import jax
@@ -34,6 +36,15 @@ assert set(EXAMPLES) == {c.key for c in _cones.CONES}
 TOL = dict(atol=1e-9, rtol=1e-9)
 
 
+@pytest.fixture
+def sparse_lu(monkeypatch):
+    """Every sparse ``A`` takes the sparse-LU backward, however dense its Jacobian pattern."""
+    monkeypatch.setattr(_sparsity, "SPARSE_MAX_DENSITY", 1.0)
+    _common.clear_caches()  # plans built under the default rule
+    yield
+    _common.clear_caches()
+
+
 def sparse_problem(cone, seed, n=4, keep=0.6):
     """A program with a known unique solution and a sparse ``A``: zeroing entries of ``A`` and
     recomputing ``b = Ax* + s*``, ``c = -Aᵀy*`` keeps ``(x*, y*, s*)`` optimal."""
@@ -48,9 +59,13 @@ def bcoo_with(data, M):
     return jsparse.BCOO((data, M.indices), shape=M.shape)
 
 
+def _backward_solvers():
+    return [plan.policy.solve for plan in _common.PIPELINE_CACHE._data.values()]
+
+
 @pytest.mark.parametrize("solver", ["scs", "clarabel"])
 @pytest.mark.parametrize("key", sorted(EXAMPLES))
-def test_sparse_and_dense_agree_for_every_cone(key, solver):
+def test_sparse_and_dense_agree_for_every_cone(key, solver, sparse_lu):
     cone = EXAMPLES[key]
     A, b, c = sparse_problem(cone, seed=3)
     Ab = jsparse.BCOO.fromdense(A)
@@ -73,14 +88,49 @@ def test_sparse_and_dense_agree_for_every_cone(key, solver):
         np.testing.assert_allclose(Sd, JA[:, idx[:, 0], idx[:, 1]], **TOL)
         np.testing.assert_allclose(Sb, Jb, **TOL)
         np.testing.assert_allclose(Sc, Jc, **TOL)
+    assert any(isinstance(s, _sparsity.SparseLUSolver) for s in _backward_solvers())
+
+
+@pytest.mark.parametrize("key", sorted(EXAMPLES))
+def test_sparse_a_with_a_dense_jacobian_pattern_uses_the_dense_closed_form(key):
+    """Small examples: the Jacobian pattern is > 5 % full, so the backward densifies ``A``'s values
+    into the closed-form Jacobian (no sparse LU) -- and gives the dense path's derivatives."""
+    cone = EXAMPLES[key]
+    A, b, c = sparse_problem(cone, seed=3)
+    Ab = jsparse.BCOO.fromdense(A)
+    idx = np.asarray(Ab.indices)
+    _common.clear_caches()
+
+    def sparse(data, b, c):
+        sol = solve_conic(bcoo_with(data, Ab), b, c, cone)
+        return jnp.concatenate([sol.x, sol.y, sol.s])
+
+    Sd, Sb, Sc = jax.jacrev(sparse, argnums=(0, 1, 2))(Ab.data, b, c)
+    assert not any(isinstance(s, _sparsity.SparseLUSolver) for s in _backward_solvers())
+    assert all(plan.jacobian is not None for plan in _common.PIPELINE_CACHE._data.values())
+    JA, Jb, Jc = jax.jacrev(lambda A, b, c: jnp.concatenate(solve_conic(A, b, c, cone)[:3]), argnums=(0, 1, 2))(A, b, c)
+    np.testing.assert_allclose(Sd, JA[:, idx[:, 0], idx[:, 1]], **TOL)
+    np.testing.assert_allclose(Sb, Jb, **TOL)
+    np.testing.assert_allclose(Sc, Jc, **TOL)
 
 
 def test_sparse_backward_is_the_sparse_lu_on_the_jacobian_pattern():
-    A, b, c = sparse_problem(EXAMPLES["q"], seed=4)
+    """A banded LP with one small SOC block: 1.6 % of the Jacobian is nonzero, so the default
+    backward is the sparse LU (on the pattern), and it gives the dense path's gradient."""
+    n = 60
+    rng = np.random.default_rng(4)
+    cone = {"l": 2 * n, "q": [4]}
+    band = np.diag(2 + rng.uniform(size=n)) + np.diag(0.3 * rng.standard_normal(n - 1), 1)
+    soc = np.zeros((4, n))
+    soc[1:, :3] = -np.eye(3)
+    A = np.vstack([band, -np.eye(n), soc])
+    b = np.concatenate([rng.uniform(1, 2, n), np.ones(n), [3.0, 0, 0, 0]])
+    c = rng.standard_normal(n)
     _common.clear_caches()
-    jax.grad(lambda b: solve_conic(sp.csr_matrix(A), b, c, EXAMPLES["q"]).x.sum())(b)
-    solvers = [plan.policy.solve for plan in _common.PIPELINE_CACHE._data.values()]
-    assert any(isinstance(s, _sparsity.SparseLUSolver) for s in solvers)
+    g = jax.grad(lambda b: solve_conic(sp.csr_matrix(A), b, c, cone).x @ c)(b)
+    assert any(isinstance(s, _sparsity.SparseLUSolver) for s in _backward_solvers())
+    gd = jax.grad(lambda b: solve_conic(A, b, c, cone).x @ c)(b)
+    np.testing.assert_allclose(g, gd, **TOL)
 
 
 def test_scipy_constant_matrix():
@@ -100,7 +150,7 @@ def test_scipy_constant_matrix():
             np.testing.assert_allclose(s_, d_, **TOL)
 
 
-def test_jit_and_vmap_shared_sparse_matrix_and_batched_values():
+def test_jit_and_vmap_shared_sparse_matrix_and_batched_values(sparse_lu):
     cone = {"l": 3, "q": [3]}
     A, b, c = sparse_problem(cone, seed=6)
     Ab = jsparse.BCOO.fromdense(A)
@@ -128,7 +178,7 @@ def test_jit_and_vmap_shared_sparse_matrix_and_batched_values():
     np.testing.assert_allclose(Js, Jd, **TOL)
 
 
-def test_failed_instance_gives_nan_values_and_nan_derivatives():
+def test_failed_instance_gives_nan_values_and_nan_derivatives(sparse_lu):
     # 0 <= x <= b0 (rows x <= b0, -x <= 0): b0 = -1 is infeasible.
     A = sp.csr_matrix(np.array([[1.0], [-1.0]]))
     c = jnp.array([-1.0])
