@@ -168,6 +168,15 @@ def test_residual_too_large_is_reported_and_raised_everywhere():
         kb.solve_qp(P3, Q3, **kw)
     with pytest.raises(Exception, match="RESIDUAL_TOO_LARGE"):
         jax.block_until_ready(jax.jit(lambda q: kb.solve_qp(P3, q, **kw).x)(Q3))
+    # A batch whose second instance passes the check: jit(vmap) still raises for the first, and
+    # the "nan" policy poisons the first alone.
+    qs = jnp.stack([Q3, 0.5 * Q3])
+    status = jax.vmap(lambda q: kb.solve_qp(P3, q, on_failure="nan", **kw).status)(qs)
+    assert [int(s) for s in status] == [int(kb.Status.RESIDUAL_TOO_LARGE), int(kb.Status.SOLVED)]
+    with pytest.raises(Exception, match="RESIDUAL_TOO_LARGE"):
+        jax.block_until_ready(jax.jit(jax.vmap(lambda q: kb.solve_qp(P3, q, **kw).x))(qs))
+    xs = jax.jit(jax.vmap(lambda q: kb.solve_qp(P3, q, on_failure="nan", **kw).x))(qs)
+    assert np.all(np.isnan(xs[0])) and np.all(np.isfinite(xs[1]))
 
 
 def test_scs_iteration_limit_status_names_the_cause():
