@@ -233,14 +233,14 @@ def psd_vec(X: jax.Array) -> jax.Array:
     """SCS vectorisation of a symmetric ``(n, n)`` matrix: lower triangle column-wise, ``√2`` off-diagonal."""
     n = X.shape[-1]
     rows, cols = _tril_indices(n)
-    scale = np.where(rows == cols, 1.0, math.sqrt(2.0))
+    scale = np.where(rows == cols, 1.0, math.sqrt(2.0)).astype(X.dtype)  # NumPy float64 would promote float32
     return X[..., rows, cols] * scale
 
 
 def psd_mat(v: jax.Array, n: int) -> jax.Array:
     """Inverse of :func:`psd_vec`: the symmetric ``(n, n)`` matrix of an SCS PSD vector."""
     rows, cols = _tril_indices(n)
-    scale = np.where(rows == cols, 1.0, 1.0 / math.sqrt(2.0))
+    scale = np.where(rows == cols, 1.0, 1.0 / math.sqrt(2.0)).astype(v.dtype)
     vals = v * scale
     X = jnp.zeros(v.shape[:-1] + (n, n), v.dtype)
     X = X.at[..., rows, cols].set(vals)

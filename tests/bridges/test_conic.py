@@ -110,6 +110,23 @@ def test_closed_form_jacobian_equals_jacfwd_of_the_residual(where, dtype):
     np.testing.assert_allclose(got, want, atol=10 * float(jnp.finfo(dtype).eps), rtol=0)
 
 
+@pytest.mark.parametrize("name", list(CONES))
+def test_float32_data_gives_float32_derivatives(name):
+    """float32 problem data: float32 values and derivatives, close to the float64 ones."""
+    cone = CONES[name]
+    A, b, c, _ = make_problem(cone, seed=1)
+
+    def loss(A, b, c):
+        return jnp.sum(solve_conic(A, b, c, cone).x)
+
+    g32 = jax.grad(loss, argnums=(0, 1, 2))(*(jnp.asarray(a, jnp.float32) for a in (A, b, c)))
+    g64 = jax.grad(loss, argnums=(0, 1, 2))(A, b, c)
+    for a, e in zip(g32, g64):
+        assert a.dtype == jnp.float32
+        # float32 IFT solve at the float64 solver's point: ~cond(J) * eps32 (J is drawn with cond < 1e3).
+        np.testing.assert_allclose(a, e, rtol=0, atol=1e-3 * (1 + float(jnp.max(jnp.abs(e)))))
+
+
 def _jacobians(cone, A, b, c, mode=jax.jacfwd, **opts):
     def f(A, b, c):
         sol = solve_conic(A, b, c, cone, **opts)

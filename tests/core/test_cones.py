@@ -252,3 +252,17 @@ def test_record_projections_satisfy_moreau(cone):
         parts.append(c.project(v[i : i + size], param))
         i += size
     np.testing.assert_allclose(cone_projection(spec)(v), jnp.concatenate(parts), rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("cone", CONES, ids=lambda c: c.kind)
+def test_record_projections_and_jacobians_keep_float32(cone):
+    # float32 in, float32 out -- also with x64 on, where a NumPy float64 constant would promote
+    # (the PSD scale factors did: every float32 derivative through a PSD cone then failed).
+    from kktbridge.core._cones import projection_jacobian_blocks
+
+    spec = parse_cone({cone.key: RECORD_ENTRIES[cone.key]})
+    v = jnp.asarray(np.random.default_rng(4).normal(size=cone_dim(spec)), jnp.float32)
+    for dual in (False, True):
+        assert cone_projection(spec, dual=dual)(v).dtype == jnp.float32
+        assert jax.jacfwd(cone_projection(spec, dual=dual))(v).dtype == jnp.float32
+        assert all(r.blocks.dtype == jnp.float32 for r in projection_jacobian_blocks(spec, dual=dual)(v))
