@@ -324,6 +324,10 @@ def implicit_solution(
         _, _, leaves_dot, consts_dot, _ = tangents
         s = ident_masked(s, s_eval, leaves, consts, ok)
         s_lin = ident_masked(s_eval, s_eval, leaves, consts, ok)
+        # A failed instance's linearisation point (the fallback) must not move at second order:
+        # its tangent is poisoned (NaN), and 0 · NaN would reach a shared parameter's Hessian
+        # through the derivative of the Jacobian at that point, even when the loss masks it out.
+        s_lin = jax.tree_util.tree_map(lambda a, e: jnp.where(ok, a, jax.lax.stop_gradient(e)), s_lin, s_eval)
         return s, _root_tangent(F_flat, s_lin, (leaves, consts), (leaves_dot, consts_dot), solve, ok, J_flat, jacobian_format)
 
     return ident_masked(sol, sol_eval, dyn_leaves, consts, valid)
