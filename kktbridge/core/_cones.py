@@ -468,7 +468,7 @@ def projection_jacobian_blocks(cone: Any, dual: bool = False) -> Callable[[jax.A
     ``DΠ`` is block diagonal (one block per cone block; zero and orthant rows are blocks of one),
     so it is computed from each block's own projection: ``Σ size²`` entries and one ``jacfwd`` per
     run of equal blocks, instead of ``m`` JVPs of the whole projection. Where a projection is not
-    differentiable (an orthant row at 0, an SOC point on the boundary's tip) the entries are those
+    differentiable (an orthant row at 0, an SOC block at the cone's tip) the entries are those
     of JAX's derivative rules, exactly what JVPs of :func:`cone_projection` give.
     """
     spec = parse_cone(cone)
