@@ -68,6 +68,12 @@ def is_linearize_tracer(kind: type) -> bool:
     return kind.__name__ == "LinearizeTracer"
 
 
+def is_jvp_tracer(kind: type) -> bool:
+    """Whether ``kind`` is JAX's forward-mode (``jvp``) tracer type, matched by name like
+    :func:`is_linearize_tracer` (``jax._src.interpreters.ad.JVPTracer`` in JAX 0.10)."""
+    return kind.__name__ == "JVPTracer"
+
+
 def concrete_batch(leaves: list) -> "Optional[tuple[list, tuple[Optional[int], ...], Callable[[Any], Any]]]":
     """Split the leaves of one eager ``vmap`` (``jacrev``'s over the pullback) into concrete values.
 

@@ -11,7 +11,7 @@ import pytest
 from jax.core import Tracer
 
 import kktbridge as kb
-from kktbridge.bridges._common import PIPELINE_CACHE, _reverse_primals
+from kktbridge.bridges._common import PIPELINE_CACHE, _forward_primals, _reverse_primals
 from tests.bridges.test_eager import _nlp_f, _nlp_g, _nlp_h, count_compiles
 
 P = jnp.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 1.0]])
@@ -123,6 +123,48 @@ def test_reverse_primals_only_for_eager_linearize_of_concrete_values():
         call()
         assert seen["r"] is None
     assert _reverse_primals((jnp.ones(2),)) is None  # no tracer: plain eager call
+
+
+def test_forward_primals_only_for_eager_jvp_of_concrete_values():
+    seen = {}
+
+    def probe(x):
+        seen["f"] = _forward_primals((x, jnp.ones(2)))
+        return jnp.sum(x)
+
+    for call in (lambda: jax.jvp(probe, (jnp.ones(2),), (jnp.ones(2),)),
+                 lambda: jax.jacfwd(probe)(jnp.ones(2))):  # tangents batched, primals concrete
+        seen.clear()
+        call()
+        assert seen["f"] is not None and not isinstance(seen["f"][0], Tracer)
+    for call in (lambda: jax.jit(jax.jacfwd(probe))(jnp.ones(2)),
+                 lambda: jax.vmap(jax.jacfwd(probe))(jnp.ones((3, 2))),
+                 lambda: jax.grad(probe)(jnp.ones(2)),
+                 lambda: jax.hessian(probe)(jnp.ones(2))):
+        seen.clear()
+        call()
+        assert seen["f"] is None
+
+
+def test_eager_forward_mode_solves_eagerly_and_matches_jit():
+    """An eager jvp/jacfwd runs the solve as a plain eager call (its primal values only): the same
+    derivatives as the jitted path, a failure raises kktbridge's own SolverError (from the host,
+    not out of a compiled callback), and warm calls compile nothing."""
+    f = jax.jacfwd(qp_out, argnums=(0, 1, 2))
+    eager, jitted = f(Q0, B0, H0), jax.jit(f)(Q0, B0, H0)
+    for e, j in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted)):
+        np.testing.assert_allclose(e, j, rtol=1e-12, atol=1e-13)
+    t = (jnp.ones(3), jnp.ones(1), jnp.ones(3))
+    np.testing.assert_allclose(jax.jvp(qp_out, (Q0, B0, H0), t)[1][0], jax.jit(lambda *a: jax.jvp(qp_out, a, t))(Q0, B0, H0)[1][0],
+                               rtol=1e-12, atol=1e-13)
+    infeasible = jnp.array([-1.0, -1.0, -1.0])  # x >= 1 with sum(x) = 1
+    with pytest.raises(kb.SolverError):
+        jax.jvp(lambda h: qp_out(Q0, B0, h)[0], (infeasible,), (jnp.ones(3),))
+    qs = [Q0 * (1 + 0.01 * i) for i in range(5)]  # made before counting (each is an eager op)
+    with count_compiles() as c:
+        for q in qs:
+            jax.block_until_ready(f(q, B0, H0))
+    assert c["n"] == 0
 
 
 def test_eager_jacrev_compiles_nothing_once_warm():
