@@ -106,44 +106,36 @@ def test_second_order_vmap_and_jit_keep_the_traced_path():
     np.testing.assert_allclose(jax.vmap(jax.grad(f))(qs)[1], jax.grad(f)(qs[1]), rtol=1e-10, atol=1e-12)
 
 
-def test_reverse_primals_only_for_eager_linearize_of_concrete_values():
+X2 = jnp.ones(2)
+_CALLS = {
+    "grad": lambda f: jax.grad(f)(X2),
+    "jvp": lambda f: jax.jvp(f, (X2,), (X2,)),
+    "jacfwd": lambda f: jax.jacfwd(f)(X2),  # tangents batched, primals concrete
+    "jit grad": lambda f: jax.jit(jax.grad(f))(X2),
+    "jit jacfwd": lambda f: jax.jit(jax.jacfwd(f))(X2),
+    "vmap grad": lambda f: jax.vmap(jax.grad(f))(jnp.ones((3, 2))),
+    "vmap jacfwd": lambda f: jax.vmap(jax.jacfwd(f))(jnp.ones((3, 2))),
+    "hessian": lambda f: jax.hessian(f)(X2),
+}
+
+
+@pytest.mark.parametrize("detect, eager_calls", [(_reverse_primals, {"grad"}), (_forward_primals, {"jvp", "jacfwd"})],
+                         ids=["reverse", "forward"])
+def test_primals_taken_only_for_eager_autodiff_of_concrete_values(detect, eager_calls):
     seen = {}
 
     def probe(x):
-        seen["r"] = _reverse_primals((x, jnp.ones(2)))
+        seen["p"] = detect((x, jnp.ones(2)))
         return jnp.sum(x)
 
-    jax.grad(probe)(jnp.ones(2))
-    assert seen["r"] is not None and not isinstance(seen["r"][0], Tracer)
-    for call in (lambda: jax.jit(jax.grad(probe))(jnp.ones(2)),
-                 lambda: jax.vmap(jax.grad(probe))(jnp.ones((3, 2))),
-                 lambda: jax.jacfwd(probe)(jnp.ones(2)),
-                 lambda: jax.hessian(probe)(jnp.ones(2))):
+    for name, call in _CALLS.items():
         seen.clear()
-        call()
-        assert seen["r"] is None
-    assert _reverse_primals((jnp.ones(2),)) is None  # no tracer: plain eager call
-
-
-def test_forward_primals_only_for_eager_jvp_of_concrete_values():
-    seen = {}
-
-    def probe(x):
-        seen["f"] = _forward_primals((x, jnp.ones(2)))
-        return jnp.sum(x)
-
-    for call in (lambda: jax.jvp(probe, (jnp.ones(2),), (jnp.ones(2),)),
-                 lambda: jax.jacfwd(probe)(jnp.ones(2))):  # tangents batched, primals concrete
-        seen.clear()
-        call()
-        assert seen["f"] is not None and not isinstance(seen["f"][0], Tracer)
-    for call in (lambda: jax.jit(jax.jacfwd(probe))(jnp.ones(2)),
-                 lambda: jax.vmap(jax.jacfwd(probe))(jnp.ones((3, 2))),
-                 lambda: jax.grad(probe)(jnp.ones(2)),
-                 lambda: jax.hessian(probe)(jnp.ones(2))):
-        seen.clear()
-        call()
-        assert seen["f"] is None
+        call(probe)
+        if name in eager_calls:
+            assert seen["p"] is not None and not isinstance(seen["p"][0], Tracer), name
+        else:
+            assert seen["p"] is None, name
+    assert detect((jnp.ones(2),)) is None  # no tracer: plain eager call
 
 
 def test_eager_forward_mode_solves_eagerly_and_matches_jit():
