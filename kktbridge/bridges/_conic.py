@@ -47,6 +47,7 @@ from kktbridge.bridges._common import (
     cast,
     check_on_failure,
     Policy,
+    accepted,
     options_key,
     run_pipeline,
     structure,
@@ -64,6 +65,7 @@ from kktbridge.core._conic import (
     conic_residual_map,
     from_embedding,
 )
+from kktbridge.core._implicit import poison_failed
 from kktbridge.core._linear_solve import DENSE_MAX_SIZE
 from kktbridge.core._types import ConicStructure, LinearSolverArg, OnFailure
 
@@ -288,7 +290,11 @@ def solve_conic(
             return data
 
         def finish(z, values, args, status, iters, diag):
-            x, y, s = from_embedding(z, spec)
+            # y = Π_{K*}(v) at a finite point for a failed instance (its v is NaN): the projection's
+            # derivative there would turn a masked loss's zero cotangent into NaN.
+            ok = accepted(status, plan_policy.accept_inaccurate)
+            x, y, s = from_embedding(ConicPoint(z.x, jnp.where(ok, z.v, jnp.zeros_like(z.v))), spec)
+            y, s = poison_failed((y, s), ok)
             return ConicSolution(x, y, s, status, iters, diag)
 
         return BridgePlan(

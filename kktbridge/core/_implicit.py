@@ -41,7 +41,7 @@ from kktbridge.core._structured import DENSE, DenseFormat, MatrixFormat
 from kktbridge.core._types import LinearSolverArg, PyTree
 from kktbridge.core._xla import stage_jit
 
-__all__ = ["custom_root", "custom_fixed_point", "root_jvp", "root_vjp", "implicit_solution"]
+__all__ = ["custom_root", "custom_fixed_point", "root_jvp", "root_vjp", "implicit_solution", "poison_failed"]
 
 
 def _tree_neg(t: PyTree) -> PyTree:
@@ -209,6 +209,15 @@ def _poison(t: PyTree, valid: jax.Array) -> PyTree:
 
     out = jax.lax.custom_linear_solve(lambda v: v, t_flat, solve=forward, transpose_solve=backward)
     return unravel(out)
+
+
+def poison_failed(t: PyTree, valid: jax.Array) -> PyTree:
+    """``t`` with a failed instance (``valid`` false) marked as :func:`implicit_solution` marks its
+    solution: values and tangents NaN, and a zero cotangent (a loss that masks the instance out)
+    stays exactly zero. For outputs a bridge derives from the solution by a nonlinear map (the
+    conic ``y = Π_{K*}(v)``): evaluate the map at a finite point for failed instances, then apply
+    this, so that the map's derivative is never taken at the failed point (``0 · NaN``)."""
+    return _poison(t, jnp.asarray(valid, dtype=bool))
 
 
 def implicit_solution(

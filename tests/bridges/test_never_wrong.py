@@ -117,11 +117,13 @@ def test_masked_failure_leaves_shared_gradient_exact():
     np.testing.assert_allclose(np.where(np.eye(3) == 1, sym, 2 * sym), fd, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("family", ["qp", "conic"])
-def test_masked_failure_leaves_shared_hessian_exact(family):
-    """Second order: a failed instance masked out of the loss leaves the Hessian w.r.t. a shared
-    parameter finite and equal to the Hessian without it (its poisoned tangent once reached it
-    through the Jacobian's derivative at the fallback point: 0 · NaN; found by review)."""
+@pytest.mark.parametrize("family, field", [("qp", "x"), ("conic", "x"), ("conic", "y"), ("conic", "s")])
+def test_masked_failure_leaves_shared_hessian_exact(family, field):
+    """A failed instance masked out of the loss leaves the gradient and the Hessian w.r.t. a shared
+    parameter finite and equal to those without it. Found by review: at second order its poisoned
+    tangent reached them through the Jacobian's derivative at the fallback point (0 · NaN); for the
+    conic ``y = Π_{K*}(v)`` and ``s`` already at first order, through the projection's derivative
+    at the failed instance's NaN point."""
     if family == "qp":
         G = jnp.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
         H = jnp.array([[0.2, 1.0, 1.0], [-1.0, -1.0, 1.0], [1.0, 0.1, 1.0]])  # row 1 infeasible
@@ -148,13 +150,20 @@ def test_masked_failure_leaves_shared_hessian_exact(family):
     def loss(M, rows=np.arange(3)):
         sols = batch(M, rows)
         ok = sols.status[:, None] == int(kb.Status.SOLVED)
-        return jnp.sum(jnp.where(ok, sols.x, 0.0) ** 2)
+        return jnp.sum(jnp.where(ok, getattr(sols, field), 0.0) ** 2)
 
-    assert list(np.asarray(batch(shared, np.arange(3)).status) == 0) == [True, False, True]
+    sols = batch(shared, np.arange(3))
+    assert list(np.asarray(sols.status) == 0) == [True, False, True]
+    assert np.all(np.isnan(getattr(sols, field)[1])) and np.all(np.isfinite(getattr(sols, field)[np.array([0, 2])]))
+    # The failed instance's own derivatives stay NaN, the others' are finite.
+    J = jax.jacfwd(lambda M: getattr(batch(M, np.arange(3)), field))(shared)
+    assert np.all(np.isnan(J[1])) and np.all(np.isfinite(J[np.array([0, 2])]))
+    g, g_ref = jax.grad(loss)(shared), jax.grad(lambda M: loss(M, np.array([0, 2])))(shared)
     h = jax.jit(jax.hessian(loss))(shared)
     h_ref = jax.hessian(lambda M: loss(M, np.array([0, 2])))(shared)
-    assert np.all(np.isfinite(h))
+    assert np.all(np.isfinite(g)) and np.all(np.isfinite(h))
     # Separate solver runs (batches of 3 and 2): equal to the solvers' precision, not to the bit.
+    assert rel_err(g, g_ref) < 1e-8
     assert rel_err(h, h_ref) < 1e-8
 
 
